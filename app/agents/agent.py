@@ -1,0 +1,130 @@
+"""The agent loop: ask the model, run the tools it asks for, repeat until done or a limit."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from app.agents.drivers.base import Driver, ModelResponse
+from app.agents.spec import AgentTypeSpec
+from app.agents.state import AgentState, Message, StopReason, ToolCall
+from app.agents.tools import Tool
+
+# How much of a model's unparsable tool arguments is quoted back to it.
+_QUOTE_CHARS = 200
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step did.
+
+    ``state`` is the live state object, already advanced past this step; it keeps changing as
+    iteration goes on, so snapshot it at the yield if a frozen copy is needed.
+    """
+
+    number: int
+    kind: Literal["tool_calls", "final"]
+    tool_names: list[str]
+    tokens_used: int
+    new_messages: list[Message]
+    state: AgentState
+
+
+class Agent:
+    """Runs one agent type: its model driver, its tools and its limits."""
+
+    def __init__(self, spec: AgentTypeSpec, driver: Driver, tools: Sequence[Tool]) -> None:
+        self.spec = spec
+        self.driver = driver
+        self.tools = {tool.name: tool for tool in tools}
+        if len(self.tools) != len(tools):
+            raise ValueError(f"duplicate tool names in {[tool.name for tool in tools]}")
+        self._tool_specs = [tool.spec() for tool in tools]
+
+    def initial_state(self, prompt: str, metadata: dict[str, Any] | None = None) -> AgentState:
+        return AgentState(
+            messages=[
+                Message(role="system", content=self.spec.system_prompt),
+                Message(role="user", content=prompt),
+            ],
+            metadata=dict(metadata or {}),
+        )
+
+    async def iterate(self, state: AgentState) -> AsyncIterator[StepRecord]:
+        """Advance ``state`` in place one step at a time, yielding after each step.
+
+        When the run ends (final answer or a limit) ``state.stop_reason`` is set; the final
+        answer's step is yielded, a limit stops without yielding. Every yield leaves the
+        state consistent, so the caller may stop consuming at any yield, checkpoint, and later
+        continue by calling ``iterate`` again with the restored state. Driver errors propagate.
+        """
+        while state.stop_reason is None:
+            reason = self._limit_reached(state)
+            if reason is not None:
+                state.stop_reason = reason
+                return
+            record = await self._step(state)
+            if record is None:
+                return
+            yield record
+
+    def _limit_reached(self, state: AgentState) -> StopReason | None:
+        if state.step_count >= self.spec.max_steps:
+            return "max_steps"
+        if state.usage.total_tokens >= self.spec.max_tokens:
+            return "max_tokens"
+        if state.elapsed_seconds >= self.spec.timeout:
+            return "timeout"
+        return None
+
+    async def _step(self, state: AgentState) -> StepRecord | None:
+        """One model call and its tool calls, applied to ``state``; None when time ran out."""
+        started = time.monotonic()
+        response: ModelResponse | None = None
+        try:
+            async with asyncio.timeout(self.spec.timeout - state.elapsed_seconds) as limit:
+                response = await self.driver.complete(state.messages, self._tool_specs)
+                results = [await self._run_tool(call) for call in response.message.tool_calls]
+        except TimeoutError:
+            if not limit.expired():
+                raise  # a TimeoutError of the driver or a tool, not the step's deadline
+            # A step cut short leaves no messages (the conversation must stay well-formed),
+            # but the tokens of a model call that did finish were spent all the same.
+            state.elapsed_seconds += time.monotonic() - started
+            if response is not None:
+                state.usage = state.usage.add(response.usage)
+            state.stop_reason = "timeout"
+            return None
+        message = response.message
+        new_messages = [message, *results]
+        state.messages.extend(new_messages)
+        state.usage = state.usage.add(response.usage)
+        state.step_count += 1
+        state.elapsed_seconds += time.monotonic() - started
+        if not message.tool_calls:
+            state.final_answer = message.content or ""
+            state.stop_reason = "final_answer"
+        return StepRecord(
+            number=state.step_count,
+            kind="tool_calls" if message.tool_calls else "final",
+            tool_names=[call.name for call in message.tool_calls],
+            tokens_used=response.usage.total_tokens,
+            new_messages=new_messages,
+            state=state,
+        )
+
+    async def _run_tool(self, call: ToolCall) -> Message:
+        """The tool message answering ``call``; failures become an ``error: ...`` content."""
+        tool = self.tools.get(call.name)
+        if call.invalid_arguments is not None:
+            quoted = call.invalid_arguments[:_QUOTE_CHARS]
+            result = f"error: invalid JSON arguments for {call.name}, expected an object: {quoted}"
+        elif tool is None:
+            available = ", ".join(self.tools) or "none"
+            result = f"error: unknown tool {call.name!r} (available tools: {available})"
+        else:
+            result = await tool.invoke(call.arguments)
+        return Message(role="tool", content=result, tool_call_id=call.id, name=call.name)

@@ -1,0 +1,66 @@
+"""Builds a runnable :class:`Agent` from an agent type spec and the process environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from app.agents.agent import Agent
+from app.agents.drivers.base import Driver
+from app.agents.drivers.openai import OpenAIChatDriver
+from app.agents.drivers.scripted import ScriptedDriver
+from app.agents.errors import MissingApiKey
+from app.agents.file_tools import file_tools
+from app.agents.spec import AgentTypeSpec
+from app.agents.tools import Tool
+from app.agents.workspace import Workspace
+
+
+def check_agent_type(spec: AgentTypeSpec, environ: Mapping[str, str]) -> None:
+    """Raise :class:`MissingApiKey` now if building the agent later would.
+
+    Only the OpenAI provider uses a key, and only when ``api_key_env`` is set: a spec with
+    ``api_key_env = None`` talks to a server that needs none (a local model, a test server).
+    """
+    _api_key(spec, environ)
+
+
+def build_agent(
+    spec: AgentTypeSpec,
+    *,
+    workspace: Path,
+    http: httpx.AsyncClient,
+    environ: Mapping[str, str],
+) -> Agent:
+    """The agent for ``spec``, its file tools (if any) working in ``workspace``.
+
+    ``workspace`` is created if absent.
+    """
+    driver: Driver
+    if spec.provider == "scripted":
+        driver = ScriptedDriver(spec.script)
+    else:
+        driver = OpenAIChatDriver(
+            http,
+            base_url=spec.base_url,
+            api_key=_api_key(spec, environ),
+            model=spec.model,
+            timeout=spec.request_timeout,
+            max_retries=spec.max_retries,
+        )
+    workspace.mkdir(parents=True, exist_ok=True)
+    tools: list[Tool] = []
+    if "files" in spec.capabilities:
+        tools.extend(file_tools(Workspace(workspace)))
+    return Agent(spec, driver, tools)
+
+
+def _api_key(spec: AgentTypeSpec, environ: Mapping[str, str]) -> str | None:
+    if spec.provider != "openai" or spec.api_key_env is None:
+        return None
+    key = environ.get(spec.api_key_env, "")
+    if not key:
+        raise MissingApiKey(spec.api_key_env)
+    return key

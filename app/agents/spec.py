@@ -1,0 +1,55 @@
+"""Agent type specifications: what an agent type is, as data (settings or a TOML file)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+Provider = Literal["openai", "scripted"]
+
+
+class ScriptedToolCall(BaseModel):
+    """A tool call the scripted driver makes on behalf of the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScriptedTurn(BaseModel):
+    """One assistant turn of a deterministic script.
+
+    ``content`` may contain ``{prompt}`` (the first user message) and ``{last_tool_result}``
+    (the content of the latest tool message); they are substituted when the turn is played.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    content: str | None = None
+    tool_calls: list[ScriptedToolCall] = Field(default_factory=list)
+    input_tokens: int = Field(default=10, ge=0)
+    output_tokens: int = Field(default=5, ge=0)
+    delay_seconds: float = Field(default=0.0, ge=0)
+
+
+class AgentTypeSpec(BaseModel):
+    """Everything needed to build and run one agent type."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    provider: Provider = "openai"
+    model: str = "gpt-4o-mini"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    system_prompt: str = "You are a helpful assistant."
+    capabilities: list[Literal["files"]] = Field(default_factory=list)
+    queue: str = "agents-default"
+    max_steps: PositiveInt = 100
+    max_tokens: PositiveInt = 100_000
+    timeout: PositiveFloat = 600.0
+    request_timeout: PositiveFloat = 120.0
+    max_retries: int = Field(default=4, ge=0)
+    script: list[ScriptedTurn] = Field(default_factory=list)

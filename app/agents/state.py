@@ -1,0 +1,81 @@
+"""The state of a running agent: conversation, usage and progress, lossless through JSON."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Role = Literal["system", "user", "assistant", "tool"]
+StopReason = Literal["final_answer", "max_steps", "max_tokens", "timeout"]
+
+
+class ToolCall(BaseModel):
+    """A tool call the model asked for.
+
+    ``invalid_arguments`` holds the provider's raw argument text when it was not a JSON
+    object; ``arguments`` is then empty and the agent answers the call with an error instead
+    of running the tool.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    invalid_arguments: str | None = None
+
+
+class Message(BaseModel):
+    """One conversation turn, in a provider-neutral shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str | None = None
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = None
+    name: str | None = None
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def add(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
+
+
+class AgentState(BaseModel):
+    """Everything an agent needs to continue from where it stopped.
+
+    ``elapsed_seconds`` counts only time spent stepping, so a parked or queued execution does
+    not use up its timeout.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[Message] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    step_count: int = 0
+    elapsed_seconds: float = 0.0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    final_answer: str | None = None
+    stop_reason: StopReason | None = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The state without its messages: those are stored one row each, append-only."""
+        return self.model_dump(mode="json", exclude={"messages"})
+
+    @classmethod
+    def restore(cls, snapshot: dict[str, Any], messages: list[dict[str, Any]]) -> AgentState:
+        return cls.model_validate({**snapshot, "messages": messages})

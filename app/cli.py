@@ -1,0 +1,241 @@
+"""The ``agents`` command: run the service, its workers, migrations and user admin."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from app.config import Settings, describe_settings_error
+
+DEMO_EMAIL = "demo@localhost"
+
+
+def load_settings() -> Settings:
+    """Settings with embedded servers for any URL not configured; exits on invalid settings."""
+    from app.embedded import with_services
+
+    try:
+        settings = Settings()
+    except (ValidationError, FileNotFoundError, ValueError) as exc:
+        sys.exit(describe_settings_error(exc))
+    resolved = with_services(settings)
+    # Child processes (and the Alembic env) use the same servers.
+    assert resolved.database_url and resolved.redis_url
+    os.environ["DATABASE_URL"] = resolved.database_url
+    os.environ["REDIS_URL"] = resolved.redis_url
+    return resolved
+
+
+def alembic_config() -> object:
+    from alembic.config import Config
+
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (base / "alembic.ini").is_file():
+            config = Config(str(base / "alembic.ini"))
+            config.attributes["configure_logging"] = False
+            return config
+    sys.exit("alembic.ini not found: run from the project directory")
+
+
+async def migrate(settings: Settings) -> None:
+    """Upgrade the database to the latest revision."""
+    from alembic import command
+
+    from app.db import create_engine
+
+    assert settings.database_url
+    config = alembic_config()
+    engine = create_engine(settings.database_url, pool_size=1)
+    async with engine.begin() as conn:
+
+        def upgrade(sync_conn: object) -> None:
+            config.attributes["connection"] = sync_conn  # type: ignore[attr-defined]
+            command.upgrade(config, "head")  # type: ignore[arg-type]
+
+        await conn.run_sync(upgrade)
+    await engine.dispose()
+
+
+async def _create_user(
+    settings: Settings, email: str, name: str | None, tier: str, admin: bool
+) -> None:
+    from app.auth.service import create_user, get_user_by_email
+    from app.db import create_engine, session_factory, transaction
+
+    assert settings.database_url
+    engine = create_engine(settings.database_url, pool_size=1)
+    async with transaction(session_factory(engine)) as session:
+        if await get_user_by_email(session, email) is not None:
+            sys.exit(f"a user with email {email} already exists")
+        user = await create_user(session, email=email, name=name, tier=tier, is_admin=admin)
+        print(f"created user {user.id} <{user.email}> tier={user.tier} admin={user.is_admin}")
+    await engine.dispose()
+
+
+async def _create_token(settings: Settings, email: str, name: str) -> None:
+    from app.auth.service import create_token, get_user_by_email
+    from app.db import create_engine, session_factory, transaction
+
+    assert settings.database_url
+    engine = create_engine(settings.database_url, pool_size=1)
+    async with transaction(session_factory(engine)) as session:
+        user = await get_user_by_email(session, email)
+        if user is None:
+            sys.exit(f"no user with email {email}; create one with 'agents create-user'")
+        print(await create_token(session, user, name))
+    await engine.dispose()
+
+
+async def demo_token(settings: Settings) -> str:
+    """The demo user's token, kept in the data directory so restarts print the same one."""
+    from app.auth.service import create_token, create_user, get_user_by_email, is_token_valid
+    from app.db import create_engine, session_factory, transaction
+
+    assert settings.database_url
+    token_file = settings.data_dir / "demo-token"
+    engine = create_engine(settings.database_url, pool_size=1)
+    async with transaction(session_factory(engine)) as session:
+        user = await get_user_by_email(session, DEMO_EMAIL)
+        if user is None:
+            user = await create_user(session, email=DEMO_EMAIL, name="Demo", tier="pro")
+        token = token_file.read_text().strip() if token_file.is_file() else ""
+        if not token or not await is_token_valid(session, token):
+            token = await create_token(session, user, "demo")
+            token_file.parent.mkdir(parents=True, exist_ok=True)
+            token_file.write_text(token + "\n")
+            token_file.chmod(0o600)
+    await engine.dispose()
+    return token
+
+
+def _uvicorn_config(settings: Settings, host: str, port: int, workers: int = 1) -> object:
+    import uvicorn
+
+    from app.main import create_app
+
+    return uvicorn.Config(
+        create_app(settings), host=host, port=port, workers=workers, log_level="info",
+        loop="uvloop" if sys.platform != "win32" else "asyncio", http="httptools",
+        access_log=False,
+    )
+
+
+async def _serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(_uvicorn_config(settings, host, port))  # type: ignore[arg-type]
+    await server.serve()
+
+
+async def _work(settings: Settings, queues: list[str]) -> None:
+    from workers.runner import WorkerGroup
+
+    await WorkerGroup(settings, queues).run()
+
+
+async def _dev(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    from workers.runner import WorkerGroup
+
+    await migrate(settings)
+    token = await demo_token(settings)
+    server = uvicorn.Server(_uvicorn_config(settings, host, port))  # type: ignore[arg-type]
+    group = WorkerGroup(settings, settings.queue_names())
+    worker_task = asyncio.create_task(group.run(handle_signals=False))
+    print(
+        f"\n  Agent Runner is up on http://{host}:{port}  (API docs: http://{host}:{port}/docs)\n"
+        f"  demo user: {DEMO_EMAIL}\n  API token: {token}\n\n"
+        f"  try:  curl -s -X POST http://{host}:{port}/api/agents \\\n"
+        f"          -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n"
+        """          -d '{"agent_type": "demo", "input": {"prompt": "hello"}}'\n""",
+        flush=True,
+    )
+    try:
+        await server.serve()
+    finally:
+        group.stop()
+        await worker_task
+
+
+def _run_processes(argv: list[str], processes: int) -> None:
+    """Run ``processes`` copies of a worker command and stop them all together."""
+    import signal
+    import subprocess
+
+    children = [subprocess.Popen([sys.executable, "-m", "app.cli", *argv]) for _ in range(processes)]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = [child.wait() for child in children]
+    sys.exit(max(codes))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="agents", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    dev = commands.add_parser("dev", help="embedded servers + migrations + API + worker")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    serve = commands.add_parser("serve", help="run the API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    worker = commands.add_parser("worker", help="run workers")
+    worker.add_argument("--queue", action="append", help="queue to serve (repeatable; default all)")
+    worker.add_argument("--processes", type=int, default=1)
+    commands.add_parser("migrate", help="apply database migrations")
+    user = commands.add_parser("create-user", help="create a user")
+    user.add_argument("--email", required=True)
+    user.add_argument("--name")
+    user.add_argument("--tier", choices=["free", "pro", "enterprise"], default="free")
+    user.add_argument("--admin", action="store_true")
+    token = commands.add_parser("create-token", help="create an API token (printed once)")
+    token.add_argument("--email", required=True)
+    token.add_argument("--name", default="default")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings()
+    if args.command == "worker" and args.processes > 1:
+        queue_args = [arg for q in (args.queue or []) for arg in ("--queue", q)]
+        _run_processes(["worker", *queue_args], args.processes)
+    try:
+        _uvloop_install()
+        if args.command == "dev":
+            asyncio.run(_dev(settings, args.host, args.port))
+        elif args.command == "serve":
+            asyncio.run(_serve(settings, args.host, args.port))
+        elif args.command == "worker":
+            asyncio.run(_work(settings, args.queue or settings.queue_names()))
+        elif args.command == "migrate":
+            asyncio.run(migrate(settings))
+            print("database is at the latest revision")
+        elif args.command == "create-user":
+            asyncio.run(_create_user(settings, args.email, args.name, args.tier, args.admin))
+        elif args.command == "create-token":
+            asyncio.run(_create_token(settings, args.email, args.name))
+    except KeyboardInterrupt:
+        pass
+
+
+def _uvloop_install() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+if __name__ == "__main__":
+    main()

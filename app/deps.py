@@ -1,0 +1,60 @@
+"""Request dependencies as ``Annotated`` aliases; resources live on ``app.state`` (see main.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from arq.connections import ArqRedis
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.models import User
+from app.auth.service import authenticate
+from app.config import Settings
+from app.db import transaction
+from app.errors import Forbidden, Unauthorized
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_redis(request: Request) -> ArqRedis:
+    redis: ArqRedis = request.app.state.redis
+    return redis
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction per request, committed when the route returns and before the response is
+    sent (function scope), rolled back on error; then its ``after_commit`` callbacks run."""
+    async with transaction(request.app.state.sessions) as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RedisDep = Annotated[ArqRedis, Depends(get_redis)]
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+async def get_current_user(request: Request, session: SessionDep) -> User:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Send an API token as 'Authorization: Bearer <token>'.")
+    user = await authenticate(session, token.strip())
+    if user is None:
+        raise Unauthorized("The API token is unknown or revoked.")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user, scope="function")]
+
+
+async def get_admin_user(user: CurrentUser) -> User:
+    if not user.is_admin:
+        raise Forbidden("This route needs an admin token.")
+    return user
+
+
+AdminUser = Annotated[User, Depends(get_admin_user, scope="function")]

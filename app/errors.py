@@ -1,0 +1,157 @@
+"""Errors the API reports, rendered as RFC 9457 problem details by one handler.
+
+    AppError                      500  every error the service raises on purpose
+    ├── Unauthorized              401  missing, unknown or revoked bearer token
+    ├── Forbidden                 403  authenticated, but not allowed
+    ├── NotFound                  404  no such resource, or not yours to see
+    │   └── ExecutionNotFound
+    ├── Conflict                  409  the resource is not in a state that allows this
+    ├── InvalidRequest            422  well-formed JSON that the domain rejects
+    │   └── UnknownAgentType           lists the known types
+    └── ServiceUnavailable        503  a backing service (database, Redis) is unreachable
+
+Payload validation failures (FastAPI's ``RequestValidationError``) are rendered as 422 problems
+with an ``errors`` member; unknown routes and methods as 404/405 problems.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; extra members carry case-specific data."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+
+
+class AppError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.extra = extra
+
+    def problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": f"/problems/{self.type}",
+            "title": self.title,
+            "status": self.status,
+        }
+        if self.detail:
+            body["detail"] = self.detail
+        body.update(self.extra)
+        return body
+
+    @classmethod
+    def openapi(cls) -> dict[int | str, dict[str, Any]]:
+        """An entry for a route's ``responses=`` so the spec documents this error."""
+        return {cls.status: {"model": Problem, "description": cls.title}}
+
+
+class Unauthorized(AppError):
+    status = 401
+    type = "unauthorized"
+    title = "Authentication required"
+
+
+class Forbidden(AppError):
+    status = 403
+    type = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(AppError):
+    status = 404
+    type = "not-found"
+    title = "Not found"
+
+
+class ExecutionNotFound(NotFound):
+    type = "execution-not-found"
+    title = "Execution not found"
+
+
+class Conflict(AppError):
+    status = 409
+    type = "conflict"
+    title = "Conflict"
+
+
+class InvalidRequest(AppError):
+    status = 422
+    type = "invalid-request"
+    title = "Invalid request"
+
+
+class UnknownAgentType(InvalidRequest):
+    type = "unknown-agent-type"
+    title = "Unknown agent type"
+
+
+class ServiceUnavailable(AppError):
+    status = 503
+    type = "service-unavailable"
+    title = "Service unavailable"
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        body, status_code=body["status"], media_type=PROBLEM_CONTENT_TYPE, headers=headers
+    )
+
+
+async def _app_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return problem_response(exc.problem(), headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+    ]
+    return problem_response(
+        {
+            "type": "/problems/validation-error",
+            "title": "Request validation failed",
+            "status": 422,
+            "detail": "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors),
+            "errors": errors,
+        }
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem_response(
+        {
+            "type": "about:blank",
+            "title": str(exc.detail),
+            "status": exc.status_code,
+        },
+        dict(exc.headers) if exc.headers else None,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(AppError, _app_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,0 +1,241 @@
+"""The execution engine: one job advances one execution by at most one chunk of steps.
+
+claim (lease + 1) → rebuild the agent and its state → for each step: one statement commits the
+step's messages, log and progress, fenced by the lease → publish → after ``chunk_size`` steps,
+re-enqueue under the new lease. A job is safe to run twice: the loser of the claim does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any, TypedDict
+
+import httpx
+from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.agents.agent import Agent, StepRecord
+from app.agents.errors import AgentError
+from app.agents.registry import build_agent
+from app.agents.state import AgentState
+from app.config import Settings
+from app.executions import events, repository
+from app.executions.jobs import enqueue_chunk
+from app.executions.repository import Claim
+from app.executions.status import Status
+
+log = logging.getLogger(__name__)
+
+_LIMIT_ERRORS = {
+    "max_steps": "max_steps_exceeded",
+    "max_tokens": "max_tokens_exceeded",
+    "timeout": "timeout_exceeded",
+}
+
+class WorkerContext(TypedDict):
+    """Resources a worker process shares between its jobs (arq adds ``redis``)."""
+
+    settings: Settings
+    db: AsyncEngine
+    redis: ArqRedis
+    http: httpx.AsyncClient
+    worker_id: str
+
+class LeaseLost(Exception):
+    """Another worker (or a kill) took the execution; this one must stop writing."""
+
+class ChunkRunner:
+    """Runs one claimed execution for one chunk."""
+
+    def __init__(self, ctx: WorkerContext, claim: Claim) -> None:
+        self.ctx = ctx
+        self.settings = ctx["settings"]
+        self.db = ctx["db"]
+        self.redis = ctx["redis"]
+        self.claim = claim
+        self.id = claim.id
+        self.lease = claim.lease
+
+    async def run(self) -> None:
+        if self.claim.status_log_id is not None:
+            await self._publish(
+                events.status_changed(
+                    self.id, self.claim.status_log_id, Status.RUNNING,
+                    step_count=self.claim.step_count, token_usage=self.claim.token_usage,
+                    completed_at=None,
+                )
+            )
+        spec = self.settings.agent_types.get(self.claim.agent_type)
+        if spec is None:
+            await self._fail("unknown_agent_type", f"no agent type {self.claim.agent_type!r}")
+            return
+        if self.claim.chunk_count > self.settings.limits.max_chunks:
+            limit = self.settings.limits.max_chunks
+            await self._fail("max_chunks_exceeded", f"stopped after {limit} chunks")
+            return
+        agent = build_agent(
+            spec,
+            workspace=self.settings.workspace_base / str(self.id),
+            http=self.ctx["http"],
+            environ=os.environ,
+        )
+        if self.claim.state_snapshot is None:
+            state = agent.initial_state(str(self.claim.input.get("prompt", "")))
+            persisted = 0
+        else:
+            state = AgentState.restore(self.claim.state_snapshot, self.claim.messages)
+            persisted = len(self.claim.messages)
+        await self._drive(agent, state, persisted, spec.queue)
+
+    async def _drive(self, agent: Agent, state: AgentState, persisted: int, queue: str) -> None:
+        steps = 0
+        iterator = agent.iterate(state)
+        try:
+            async for record in iterator:
+                steps += 1
+                persisted = await self._commit(record, persisted)
+                if state.stop_reason == "final_answer":
+                    return
+                if steps >= self.settings.limits.chunk_size:
+                    await enqueue_chunk(self.redis, self.id, self.lease, queue)
+                    return
+        finally:
+            await iterator.aclose()
+        reason = state.stop_reason
+        error_type = _LIMIT_ERRORS.get(reason or "", "stopped")
+        await self._fail(error_type, f"stopped by the {reason} limit after {state.step_count} steps")
+
+    async def _commit(self, record: StepRecord, persisted: int) -> int:
+        state = record.state
+        is_final = state.stop_reason == "final_answer"
+        context = {
+            "step_type": record.kind,
+            "has_tool_calls": bool(record.tool_names),
+            "tool_names": record.tool_names,
+            "tokens_used": record.tokens_used,
+        }
+        async with self.db.connect() as conn:
+            written = await repository.commit_step(
+                conn,
+                execution_id=self.id,
+                lease=self.lease,
+                step_count=state.step_count,
+                usage=state.usage.model_dump(),
+                snapshot=state.snapshot(),
+                first_seq=persisted,
+                messages=[
+                    m.model_dump(mode="json", exclude_defaults=True)
+                    for m in state.messages[persisted:]
+                ],
+                log_message=f"Step {record.number} completed",
+                log_context=context,
+                finish_status=Status.COMPLETED if is_final else None,
+                output={"response": state.final_answer} if is_final else None,
+            )
+        if written is None:
+            raise LeaseLost
+        published = [
+            events.step_completed(self.id, written.log_id, written.created_at, context, record.number)
+        ]
+        if written.status_log_id is not None:
+            published.append(
+                events.status_changed(
+                    self.id, written.status_log_id, Status.COMPLETED,
+                    step_count=state.step_count, token_usage=state.usage.total_tokens,
+                    completed_at=written.completed_at,
+                )
+            )
+        await self._publish(*published)
+        return len(state.messages)
+
+    async def _fail(self, error_type: str, message: str) -> None:
+        async with self.db.connect() as conn:
+            finished = await repository.finish_execution(
+                conn,
+                execution_id=self.id,
+                lease=self.lease,
+                status=Status.FAILED,
+                message=f"Failed: {message}",
+                error={"type": error_type, "message": message},
+            )
+        if finished is None:
+            raise LeaseLost
+        await self._publish(
+            events.status_changed(
+                self.id, finished.log_id, Status.FAILED, step_count=finished.step_count,
+                token_usage=finished.token_usage, completed_at=finished.completed_at,
+            )
+        )
+
+    async def fail_from(self, exc: BaseException) -> None:
+        if isinstance(exc, AgentError):
+            await self._fail(exc.error_type, str(exc))
+        else:
+            await self._fail("internal_error", f"{type(exc).__name__}: {exc}")
+
+    async def _publish(self, *published: events.Event) -> None:
+        """Tell subscribers; the database already has it, so a Redis hiccup only delays them."""
+        try:
+            await events.publish(self.redis, self.id, self.claim.user_id, list(published))
+        except Exception:
+            log.warning("could not publish events for %s", self.id, exc_info=True)
+
+async def _keep_alive(
+    db: AsyncEngine, execution_id: uuid.UUID, lease: int, interval: float,
+    on_lost: Callable[[], Any],
+) -> None:
+    """Refresh the heartbeat while a step runs; stop the chunk when the lease is gone."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with db.connect() as conn:
+                alive = await repository.record_heartbeat(conn, execution_id, lease)
+        except Exception:
+            log.warning("heartbeat for %s failed", execution_id, exc_info=True)
+            continue
+        if not alive:
+            on_lost()
+            return
+
+async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> str:
+    """The arq job: advance ``execution_id`` if its lease is still ``lease``."""
+    settings = ctx["settings"]
+    async with ctx["db"].connect() as conn:
+        claim = await repository.claim_execution(
+            conn, uuid.UUID(execution_id), lease, ctx["worker_id"]
+        )
+    if claim is None:
+        return "skipped"
+    runner = ChunkRunner(ctx, claim)
+    lost = False
+
+    def lease_lost() -> None:
+        nonlocal lost
+        lost = True
+        task.cancel()
+
+    task = asyncio.ensure_future(runner.run())
+    keep_alive = asyncio.create_task(
+        _keep_alive(ctx["db"], claim.id, claim.lease, settings.worker.heartbeat_interval, lease_lost)
+    )
+    try:
+        await task
+    except LeaseLost:
+        return "lease lost"
+    except asyncio.CancelledError:
+        if lost:
+            return "lease lost"
+        raise
+    except Exception as exc:
+        log.exception("execution %s failed", execution_id)
+        with contextlib.suppress(LeaseLost):
+            await runner.fail_from(exc)
+        return "failed"
+    finally:
+        keep_alive.cancel()
+    return "ok"

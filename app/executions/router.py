@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, status
+
+from app.deps import CurrentUser, RedisDep, SessionDep, SettingsDep
+from app.errors import ExecutionNotFound, InvalidRequest, Unauthorized, UnknownAgentType
+from app.executions import repository
+from app.executions.manager import AgentManager, get_visible_execution
+from app.executions.schemas import (
+    ExecutionDetail,
+    ExecutionOut,
+    ExecutionPage,
+    LogEntry,
+    StartExecution,
+)
+from app.executions.status import Status
+
+router = APIRouter(prefix="/api/agents", tags=["executions"])
+
+_AUTH: dict[int | str, dict[str, Any]] = {**Unauthorized.openapi()}
+_LATEST_LOGS = 50
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExecutionOut,
+    operation_id="startExecution",
+    summary="Start an agent execution",
+    responses={**_AUTH, **UnknownAgentType.openapi(), **InvalidRequest.openapi()},
+)
+async def start_execution(
+    body: StartExecution,
+    response: Response,
+    user: CurrentUser,
+    session: SessionDep,
+    settings: SettingsDep,
+    redis: RedisDep,
+) -> ExecutionOut:
+    execution = await AgentManager(settings, redis).start(
+        session, user, body.agent_type, body.input.model_dump(), body.metadata
+    )
+    response.headers["Location"] = f"/api/agents/{execution.id}"
+    return ExecutionOut.model_validate(execution)
+
+
+@router.get(
+    "",
+    response_model=ExecutionPage,
+    operation_id="listExecutions",
+    summary="List your executions, newest first",
+    responses=_AUTH,
+)
+async def list_executions(
+    user: CurrentUser,
+    session: SessionDep,
+    status: Status | None = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    per_page: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> ExecutionPage:
+    items, total = await repository.list_executions(
+        session, user_id=user.id, status=status, page=page, per_page=per_page
+    )
+    return ExecutionPage(
+        items=[ExecutionOut.model_validate(e) for e in items],
+        total=total,
+        page=page,
+        per_page=per_page,
+    )
+
+
+@router.get(
+    "/{execution_id}",
+    response_model=ExecutionDetail,
+    operation_id="getExecution",
+    summary="One execution with its latest logs",
+    responses={**_AUTH, **ExecutionNotFound.openapi()},
+)
+async def get_execution(
+    execution_id: uuid.UUID, user: CurrentUser, session: SessionDep
+) -> ExecutionDetail:
+    execution = await get_visible_execution(session, user, execution_id)
+    logs = await repository.latest_logs(session, execution.id, _LATEST_LOGS)
+    return ExecutionDetail.model_validate(
+        {
+            **ExecutionOut.model_validate(execution).model_dump(),
+            "logs": [LogEntry.model_validate(entry) for entry in logs],
+        }
+    )
+
+
+@router.get(
+    "/{execution_id}/logs",
+    response_model=list[LogEntry],
+    operation_id="listExecutionLogs",
+    summary="Logs oldest first after a cursor, for polling clients",
+    responses={**_AUTH, **ExecutionNotFound.openapi()},
+)
+async def list_execution_logs(
+    execution_id: uuid.UUID,
+    user: CurrentUser,
+    session: SessionDep,
+    after_id: Annotated[int | None, Query(ge=0)] = None,
+    level: Annotated[str | None, Query(max_length=10)] = None,
+    event_type: Annotated[str | None, Query(max_length=50)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[LogEntry]:
+    execution = await get_visible_execution(session, user, execution_id)
+    logs = await repository.list_logs(
+        session, execution.id, after_id=after_id, level=level, event_type=event_type, limit=limit
+    )
+    return [LogEntry.model_validate(entry) for entry in logs]

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from app.executions.status import Status
+
+
+class ExecutionInput(BaseModel):
+    """What the agent is asked to do; extra members are kept and passed along."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = Field(min_length=1, max_length=200_000)
+
+
+class StartExecution(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_type: str = Field(min_length=1, max_length=100, examples=["demo"])
+    input: ExecutionInput
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class LogEntry(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    level: str
+    event_type: str
+    message: str
+    context: dict[str, Any]
+    created_at: datetime
+
+
+class ExecutionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    agent_type: str
+    status: Status
+    queue: str
+    parent_id: uuid.UUID | None
+    depth: int
+    input: dict[str, Any]
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    step_count: int
+    token_usage: int
+    usage: Usage
+    metadata: dict[str, Any] = Field(validation_alias=AliasChoices("metadata_", "metadata"))
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    paused_at: datetime | None
+    completed_at: datetime | None
+
+
+class ExecutionDetail(ExecutionOut):
+    logs: list[LogEntry] = Field(description="The latest logs, oldest first.")
+
+
+class ExecutionPage(BaseModel):
+    items: list[ExecutionOut]
+    total: int
+    page: int
+    per_page: int

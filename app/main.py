@@ -1,0 +1,48 @@
+"""The FastAPI application factory; resources are created in the lifespan, never at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import health
+from app.config import Settings
+from app.db import create_engine, session_factory
+from app.errors import install_error_handlers
+from app.executions.router import router as executions_router
+from app.redis import arq_pool
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or Settings()
+        if not (resolved.database_url and resolved.redis_url):
+            from app.embedded import with_services
+
+            resolved = with_services(resolved)
+        assert resolved.database_url and resolved.redis_url
+        db = create_engine(resolved.database_url, pool_size=resolved.db_pool_size)
+        redis = await arq_pool(resolved.redis_url)
+        app.state.settings = resolved
+        app.state.db = db
+        app.state.sessions = session_factory(db)
+        app.state.redis = redis
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await db.dispose()
+
+    app = FastAPI(
+        title="Agent Runner",
+        version="0.1.0",
+        summary="Durable LLM agent executions: start, watch and steer agents over HTTP.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(executions_router)
+    return app

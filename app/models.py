@@ -1,0 +1,7 @@
+"""Every table, imported in one place for Alembic and the schema test."""
+
+from app.auth.models import ApiToken, User
+from app.db import Base
+from app.executions.models import Execution, ExecutionLog, ExecutionMessage, ExecutionSignal
+
+__all__ = ["ApiToken", "Base", "Execution", "ExecutionLog", "ExecutionMessage", "ExecutionSignal", "User"]

@@ -1,0 +1,70 @@
+"""Building agents from specs, and the API-key check."""
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.agents.demo import DEMO_AGENT
+from app.agents.drivers.openai import OpenAIChatDriver
+from app.agents.drivers.scripted import ScriptedDriver
+from app.agents.errors import AgentError, MissingApiKey
+from app.agents.registry import build_agent, check_agent_type
+from app.agents.spec import AgentTypeSpec
+
+
+@pytest.mark.parametrize("environ", [{}, {"MY_KEY": ""}])
+async def test_missing_key_is_reported_by_name(tmp_path: Path, environ: dict[str, str]) -> None:
+    spec = AgentTypeSpec(provider="openai", api_key_env="MY_KEY")
+
+    with pytest.raises(MissingApiKey, match="MY_KEY") as raised:
+        check_agent_type(spec, environ)
+    async with httpx.AsyncClient() as http:
+        with pytest.raises(MissingApiKey):
+            build_agent(spec, workspace=tmp_path, http=http, environ=environ)
+
+    assert raised.value.error_type == "missing_api_key"
+    assert raised.value.env_var == "MY_KEY"
+    assert isinstance(raised.value, AgentError)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        AgentTypeSpec(provider="openai", api_key_env=None, base_url="http://127.0.0.1:1/v1"),
+        # The scripted provider never needs a key, whatever api_key_env says.
+        AgentTypeSpec(provider="scripted", api_key_env="OPENAI_API_KEY"),
+        DEMO_AGENT,
+    ],
+)
+def test_no_key_needed(spec: AgentTypeSpec) -> None:
+    check_agent_type(spec, {})
+
+
+async def test_openai_agent(tmp_path: Path) -> None:
+    spec = AgentTypeSpec(
+        provider="openai",
+        api_key_env="MY_KEY",
+        base_url="http://example.invalid/v1/",
+        model="m",
+        request_timeout=7,
+        max_retries=2,
+    )
+
+    async with httpx.AsyncClient() as http:
+        agent = build_agent(spec, workspace=tmp_path / "ws", http=http, environ={"MY_KEY": "k"})
+
+    assert isinstance(agent.driver, OpenAIChatDriver)
+    assert agent.driver.url == "http://example.invalid/v1/chat/completions"
+    assert (agent.driver.model, agent.driver.timeout, agent.driver.max_retries) == ("m", 7, 2)
+    assert agent.tools == {}
+    assert (tmp_path / "ws").is_dir()
+
+
+async def test_scripted_agent_with_files(tmp_path: Path) -> None:
+    async with httpx.AsyncClient() as http:
+        agent = build_agent(DEMO_AGENT, workspace=tmp_path / "a" / "b", http=http, environ={})
+
+    assert isinstance(agent.driver, ScriptedDriver)
+    assert list(agent.tools) == ["read_file", "write_file", "list_files"]
+    assert (tmp_path / "a" / "b").is_dir()

@@ -1,0 +1,74 @@
+"""AgentState must survive JSON (the checkpoint format) without losing anything."""
+
+import json
+from typing import Any, get_args
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.agents.state import AgentState, Message, Role, StopReason, ToolCall, Usage
+
+json_values: st.SearchStrategy[Any] = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=4)
+counts = st.integers(min_value=0, max_value=2**62)
+
+tool_calls = st.builds(
+    ToolCall,
+    id=st.text(min_size=1, max_size=12),
+    name=st.text(min_size=1, max_size=12),
+    arguments=json_objects,
+    invalid_arguments=st.none() | st.text(max_size=20),
+)
+messages = st.builds(
+    Message,
+    role=st.sampled_from(get_args(Role)),
+    content=st.none() | st.text(),
+    tool_calls=st.lists(tool_calls, max_size=3),
+    tool_call_id=st.none() | st.text(max_size=12),
+    name=st.none() | st.text(max_size=12),
+)
+states = st.builds(
+    AgentState,
+    messages=st.lists(messages, max_size=6),
+    usage=st.builds(Usage, input_tokens=counts, output_tokens=counts),
+    step_count=counts,
+    elapsed_seconds=st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+    metadata=json_objects,
+    final_answer=st.none() | st.text(),
+    stop_reason=st.none() | st.sampled_from(get_args(StopReason)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(states)
+def test_state_round_trips_through_json(state: AgentState) -> None:
+    assert AgentState.model_validate_json(state.model_dump_json()) == state
+
+
+@settings(max_examples=150, deadline=None)
+@given(states)
+def test_state_round_trips_through_snapshot_and_message_rows(state: AgentState) -> None:
+    # As checkpointed: the snapshot and one JSON document per message, each through json.
+    snapshot = json.loads(json.dumps(state.snapshot()))
+    rows = [json.loads(json.dumps(m.model_dump(mode="json"))) for m in state.messages]
+
+    restored = AgentState.restore(snapshot, rows)
+
+    assert restored == state
+    assert "messages" not in snapshot
+
+
+def test_equality_sees_differences() -> None:
+    # Guards the property tests above: equality must not be vacuously true.
+    state = AgentState(messages=[Message(role="user", content="a")])
+    changed = AgentState(messages=[Message(role="user", content="b")])
+    assert state != changed

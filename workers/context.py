@@ -1,0 +1,36 @@
+"""Worker resources: created once per process and shared by every queue's arq worker."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import httpx
+
+from app.config import Settings
+from app.db import create_engine
+from app.executions.engine import WorkerContext
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def open_context(settings: Settings) -> dict[str, Any]:
+    """Engine (autocommit: each worker statement is its own transaction), HTTP client, settings."""
+    assert settings.database_url, "database_url must be resolved before workers start"
+    db = create_engine(settings.database_url, pool_size=settings.db_pool_size).execution_options(
+        isolation_level="AUTOCOMMIT"
+    )
+    return {
+        "settings": settings,
+        "db": db,
+        "http": httpx.AsyncClient(),
+        "worker_id": worker_id(),
+    }
+
+
+async def close_context(ctx: dict[str, Any] | WorkerContext) -> None:
+    await ctx["http"].aclose()
+    await ctx["db"].dispose()

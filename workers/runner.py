@@ -1,0 +1,68 @@
+"""Runs one arq worker per queue in one process, sharing the process's resources."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from arq.connections import RedisSettings
+from arq.worker import Worker
+
+from app.config import Settings
+from workers.context import close_context, open_context
+from workers.jobs import cron_jobs, functions
+
+log = logging.getLogger(__name__)
+
+
+
+
+class WorkerGroup:
+    """The arq workers of one process; ``run`` returns when they stop (signal, burst or stop())."""
+
+    def __init__(self, settings: Settings, queues: list[str], *, burst: bool = False) -> None:
+        self.settings = settings
+        self.queues = queues
+        self.burst = burst
+        self.workers: list[Worker] = []
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        assert self.settings.redis_url, "redis_url must be resolved before workers start"
+        ctx = await open_context(self.settings)
+        redis_settings = RedisSettings.from_dsn(self.settings.redis_url)
+        tuning = self.settings.worker
+        for index, queue in enumerate(self.queues):
+            self.workers.append(
+                Worker(
+                    functions(self.settings.job_timeout()),
+                    queue_name=queue,
+                    # One cron sweep per process is enough.
+                    cron_jobs=cron_jobs(tuning.sweep_interval) if index == 0 and not self.burst else None,
+                    redis_settings=redis_settings,
+                    burst=self.burst,
+                    handle_signals=False,
+                    max_jobs=tuning.max_jobs,
+                    poll_delay=tuning.poll_delay,
+                    job_timeout=self.settings.job_timeout(),
+                    ctx=dict(ctx),
+                    log_results=False,
+                )
+            )
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.stop)
+        log.info("workers started on queues %s", ", ".join(self.queues))
+        try:
+            await asyncio.gather(*(w.async_run() for w in self.workers), return_exceptions=False)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            for worker in self.workers:
+                await worker.close()
+            await close_context(ctx)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.handle_sig(signal.SIGTERM)
