@@ -45,3 +45,228 @@ async def test_demo_agent_completes_with_what_it_read(client, alice, run_worker,
     roles = [m.message["role"] for m in messages]
     assert roles == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant"]
     assert messages[-1].message["content"].endswith("hello world")
+
+
+async def step_numbers(sessions, execution_id: str) -> list[int]:
+    async with sessions() as session:
+        logs = await session.scalars(
+            select(ExecutionLog)
+            .where(
+                ExecutionLog.execution_id == uuid.UUID(execution_id),
+                ExecutionLog.event_type == "step_completed",
+            )
+            .order_by(ExecutionLog.id)
+        )
+        return [int(entry.message.split()[1]) for entry in logs]
+
+
+async def load(sessions, execution_id: str) -> Execution:
+    async with sessions() as session:
+        execution = await session.get(Execution, uuid.UUID(execution_id))
+        assert execution is not None
+        return execution
+
+
+async def test_multi_chunk_execution_completes_without_losing_or_repeating_steps(
+    client, alice, run_worker, sessions, settings
+):
+    assert settings.limits.chunk_size == 10
+    created = await start(client, alice, "steps-25")
+    await run_worker()
+    execution = await load(sessions, created["id"])
+    assert execution.status == "completed"
+    assert execution.step_count == 25
+    assert execution.chunk_count == 3
+    assert execution.lease == 3
+    assert await step_numbers(sessions, created["id"]) == list(range(1, 26))
+    async with sessions() as session:
+        seqs = list(
+            await session.scalars(
+                select(ExecutionMessage.seq)
+                .where(ExecutionMessage.execution_id == execution.id)
+                .order_by(ExecutionMessage.seq)
+            )
+        )
+    # system + user + 24 x (assistant + tool) + final assistant
+    assert seqs == list(range(2 + 24 * 2 + 1))
+
+
+async def test_duplicate_enqueue_runs_nothing_twice(client, alice, run_worker, sessions, redis):
+    from app.executions.jobs import RUN_EXECUTION, enqueue_chunk
+
+    created = await start(client, alice, "steps-3")
+    # Same job id: arq refuses it. Different job id, same lease: the claim refuses it.
+    assert await enqueue_chunk(redis, created["id"], 0, "agents-default") is False
+    await redis.enqueue_job(RUN_EXECUTION, created["id"], 0, _job_id="dup", _queue_name="agents-default")
+    await run_worker()
+    execution = await load(sessions, created["id"])
+    assert execution.status == "completed"
+    assert execution.lease == 1
+    assert await step_numbers(sessions, created["id"]) == [1, 2, 3]
+    await redis.enqueue_job(RUN_EXECUTION, created["id"], 0, _job_id="late", _queue_name="agents-default")
+    await run_worker()
+    assert await step_numbers(sessions, created["id"]) == [1, 2, 3]
+
+
+async def test_stale_lease_write_is_rejected(db, alice, sessions, client):
+    from app.executions import repository
+
+    created = await start(client, alice, "steps-3")
+    execution_id = uuid.UUID(created["id"])
+    autocommit = db.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as conn:
+        first = await repository.claim_execution(conn, execution_id, 0, "worker-a")
+        assert first is not None and first.lease == 1
+        # A second claim with the old lease loses; a recovery claim with the current one wins.
+        assert await repository.claim_execution(conn, execution_id, 0, "worker-b") is None
+        second = await repository.claim_execution(conn, execution_id, 1, "worker-b")
+        assert second is not None and second.lease == 2
+        written = await repository.commit_step(
+            conn, execution_id=execution_id, lease=first.lease, step_count=1,
+            usage={"input_tokens": 1, "output_tokens": 1}, snapshot={}, first_seq=0,
+            messages=[{"role": "system", "content": "x"}], log_message="Step 1 completed",
+            log_context={}, finish_status="completed", output={"response": "stale"},
+        )
+        assert written is None
+        assert not await repository.record_heartbeat(conn, execution_id, first.lease)
+        assert await repository.record_heartbeat(conn, execution_id, second.lease)
+    execution = await load(sessions, created["id"])
+    assert execution.status == "running"
+    assert execution.step_count == 0
+    assert execution.output is None
+    assert execution.worker_id == "worker-b"
+    assert await step_numbers(sessions, created["id"]) == []
+
+
+async def test_worker_whose_lease_is_superseded_stops_writing(
+    client, alice, run_worker, sessions, db
+):
+    import asyncio
+
+    created = await start(client, alice, "slow-3")
+    worker = asyncio.create_task(run_worker())
+    for _ in range(200):
+        if await step_numbers(sessions, created["id"]) == [1]:
+            break
+        await asyncio.sleep(0.02)
+    # Another party takes the execution over (as a force kill or a recovery would).
+    async with db.begin() as conn:
+        await conn.execute(
+            text("UPDATE agent_executions SET lease = lease + 1 WHERE id = :id"),
+            {"id": uuid.UUID(created["id"])},
+        )
+    await worker
+    execution = await load(sessions, created["id"])
+    assert execution.status == "running"
+    assert execution.step_count == 1
+    assert await step_numbers(sessions, created["id"]) == [1]
+
+
+async def test_model_error_fails_the_execution_without_a_traceback(
+    client, alice, run_worker, make_settings
+):
+    from tests.conftest import scripted_type
+
+    broken = scripted_type(3)
+    broken.script = broken.script[:1]  # runs out after one step
+    settings = make_settings(agent_types={"broken": broken})
+    from app.main import create_app
+    import httpx
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            created = await start(http, alice, "broken")
+            await run_worker(settings)
+            body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+    assert body["status"] == "failed"
+    assert body["error"]["type"] == "script_exhausted"
+    assert "Traceback" not in str(body)
+    assert body["step_count"] == 1
+    assert body["completed_at"] is not None
+
+
+async def test_step_limit_fails_with_error_naming_the_limit(client, alice, run_worker, make_settings):
+    from tests.conftest import scripted_type
+    from app.main import create_app
+    import httpx
+
+    settings = make_settings(agent_types={"capped": scripted_type(10, max_steps=4)})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            created = await start(http, alice, "capped")
+            await run_worker(settings)
+            body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+    assert body["status"] == "failed"
+    assert body["error"]["type"] == "max_steps_exceeded"
+    assert body["step_count"] == 4
+
+
+async def test_events_are_published_after_each_commit(client, alice, run_worker, redis):
+    import json
+
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(f"user.{alice.user.id}.agents")
+    created = await start(client, alice, "steps-3")
+    await run_worker()
+    received = []
+    while len(received) < 6:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+        if message is not None:
+            received.append(json.loads(message["data"]))
+    await pubsub.aclose()
+    names = [(m["event"], m["data"].get("status") or m["data"].get("step_number")) for m in received]
+    assert names == [
+        ("status.changed", "pending"),
+        ("status.changed", "running"),
+        ("step.completed", 1),
+        ("step.completed", 2),
+        ("step.completed", 3),
+        ("status.changed", "completed"),
+    ]
+    ids = [m["id"] for m in received]
+    assert ids == sorted(ids)
+    assert all(m["data"]["execution_id"] == created["id"] for m in received)
+    step = received[2]["data"]
+    assert {"step_number", "step_type", "has_tool_calls", "tool_names", "tokens_used", "timestamp"} <= set(step)
+
+
+async def test_sweep_recovers_an_execution_whose_worker_died(
+    client, alice, run_worker, sessions, db, redis, settings
+):
+    from app.executions import repository
+    from app.executions.recovery import sweep
+
+    created = await start(client, alice, "steps-3")
+    execution_id = uuid.UUID(created["id"])
+    await redis.flushdb()  # the queued job is lost with Redis
+    autocommit = db.execution_options(isolation_level="AUTOCOMMIT")
+    async with autocommit.connect() as conn:
+        # A worker claimed it, then died before its first step.
+        assert await repository.claim_execution(conn, execution_id, 0, "dead-worker")
+        await conn.execute(
+            text("UPDATE agent_executions SET heartbeat_at = now() - interval '1 hour' WHERE id = :id"),
+            {"id": execution_id},
+        )
+    report = await sweep(db, redis, settings)
+    assert report.recovered == 1
+    await run_worker()
+    execution = await load(sessions, created["id"])
+    assert execution.status == "completed"
+    assert execution.recovery_count == 1
+    assert await step_numbers(sessions, created["id"]) == [1, 2, 3]
+
+
+async def test_sweep_requeues_a_pending_execution_whose_job_redis_lost(
+    client, alice, run_worker, sessions, db, redis, settings
+):
+    from app.executions.recovery import sweep
+
+    created = await start(client, alice, "steps-3")
+    await redis.flushdb()
+    async with db.begin() as conn:
+        await conn.execute(text("UPDATE agent_executions SET updated_at = now() - interval '1 hour'"))
+    assert (await sweep(db, redis, settings)).requeued == 1
+    await run_worker()
+    assert (await load(sessions, created["id"])).status == "completed"

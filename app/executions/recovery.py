@@ -80,7 +80,7 @@ async def sweep(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> SweepRe
         if await redis.exists(job_key_prefix + job_id(row.id, row.lease)):
             continue  # its next chunk is queued, just waiting for a free worker
         params = {"id": row.id, "lease": row.lease, "max": tuning.max_recoveries}
-        async with db.connect() as conn:
+        async with db.begin() as conn:
             marked = (await conn.execute(_MARK_RECOVERY, params)).scalar()
             if marked is None:
                 await conn.execute(_FAIL_LOST, {"id": row.id, "lease": row.lease})

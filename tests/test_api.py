@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.test_engine import start
+
+
+async def test_requests_without_a_valid_token_get_401_problem(client, alice):
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
+        response = await client.get("/api/agents", headers=headers)
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+        body = response.json()
+        assert body["status"] == 401
+        assert body["type"] == "/problems/unauthorized"
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_another_users_execution_is_not_found(client, alice, bob):
+    created = await start(client, alice)
+    for path in (f"/api/agents/{created['id']}", f"/api/agents/{created['id']}/logs"):
+        response = await client.get(path, headers=bob.headers)
+        assert response.status_code == 404
+        assert response.json()["type"] == "/problems/execution-not-found"
+    unknown = await client.get(f"/api/agents/{uuid.uuid4()}", headers=alice.headers)
+    assert unknown.status_code == 404
+    listing = await client.get("/api/agents", headers=bob.headers)
+    assert listing.json()["total"] == 0
+
+
+async def test_unknown_agent_type_is_422_listing_known_types(client, alice):
+    response = await client.post(
+        "/api/agents", json={"agent_type": "nope", "input": {"prompt": "x"}}, headers=alice.headers
+    )
+    assert response.status_code == 422
+    body = response.json()
+    assert body["type"] == "/problems/unknown-agent-type"
+    assert {"demo", "code-assistant", "research", "code-review"} <= set(body["known_agent_types"])
+    assert "demo" in body["detail"]
+    assert (await client.get("/api/agents", headers=alice.headers)).json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},
+        {"agent_type": "demo"},
+        {"agent_type": "demo", "input": {}},
+        {"agent_type": "demo", "input": {"prompt": ""}},
+        {"agent_type": "demo", "input": "hello"},
+        {"agent_type": "demo", "input": {"prompt": "x"}, "metadata": []},
+        {"agent_type": "demo", "input": {"prompt": "x"}, "unexpected": 1},
+    ],
+)
+async def test_bad_bodies_are_422_problems_and_change_nothing(client, alice, payload):
+    response = await client.post("/api/agents", json=payload, headers=alice.headers)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == "/problems/validation-error"
+    assert body["errors"]
+    assert (await client.get("/api/agents", headers=alice.headers)).json()["total"] == 0
+
+
+async def test_malformed_json_is_422(client, alice):
+    response = await client.post(
+        "/api/agents", content=b"{not json", headers={**alice.headers, "content-type": "application/json"}
+    )
+    assert response.status_code == 422
+
+
+async def test_start_returns_execution_with_location(client, alice):
+    response = await client.post(
+        "/api/agents",
+        json={"agent_type": "demo", "input": {"prompt": "hi", "extra": 1}, "metadata": {"k": "v"}},
+        headers=alice.headers,
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert response.headers["location"] == f"/api/agents/{body['id']}"
+    assert body["input"] == {"prompt": "hi", "extra": 1}
+    assert body["metadata"] == {"k": "v"}
+    assert body["queue"] == "agents-default"
+    assert body["usage"] == {"input_tokens": 0, "output_tokens": 0}
+
+
+async def test_list_is_newest_first_paginated_and_filtered(client, alice, run_worker):
+    ids = [(await start(client, alice, "steps-3"))["id"] for _ in range(5)]
+    page1 = (await client.get("/api/agents?per_page=2", headers=alice.headers)).json()
+    page3 = (await client.get("/api/agents?per_page=2&page=3", headers=alice.headers)).json()
+    assert page1["total"] == 5
+    assert [item["id"] for item in page1["items"]] == ids[::-1][:2]
+    assert [item["id"] for item in page3["items"]] == ids[:1]
+    pending = (await client.get("/api/agents?status=pending", headers=alice.headers)).json()
+    assert pending["total"] == 5
+    await run_worker()
+    done = (await client.get("/api/agents?status=completed", headers=alice.headers)).json()
+    assert done["total"] == 5
+    bad = await client.get("/api/agents?status=bogus", headers=alice.headers)
+    assert bad.status_code == 422
+
+
+async def test_logs_cursor_and_filters(client, alice, run_worker):
+    created = await start(client, alice, "steps-3")
+    await run_worker()
+    url = f"/api/agents/{created['id']}/logs"
+    logs = (await client.get(url, headers=alice.headers)).json()
+    ids = [entry["id"] for entry in logs]
+    assert ids == sorted(ids)
+    events = [entry["event_type"] for entry in logs]
+    assert events == ["status_changed", "status_changed", *["step_completed"] * 3, "status_changed"]
+    after = (await client.get(f"{url}?after_id={ids[2]}", headers=alice.headers)).json()
+    assert [entry["id"] for entry in after] == ids[3:]
+    steps = (await client.get(f"{url}?event_type=step_completed&limit=2", headers=alice.headers)).json()
+    assert [entry["context"]["tool_names"] for entry in steps] == [["list_files"], ["list_files"]]
+    assert steps[0]["context"]["has_tool_calls"] is True
+    assert steps[0]["context"]["step_type"] == "tool_calls"
+    assert steps[0]["context"]["tokens_used"] == 15
+    detail = (await client.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+    assert [entry["id"] for entry in detail["logs"]] == ids
+
+
+async def test_health_and_readiness(client):
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    assert (await client.get("/readyz")).json() == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
+async def test_openapi_has_stable_operation_ids_and_problem_responses(client):
+    spec = (await client.get("/openapi.json")).json()
+    operations = {
+        op["operationId"]: op for path in spec["paths"].values() for op in path.values()
+    }
+    assert {"startExecution", "listExecutions", "getExecution", "listExecutionLogs",
+            "health", "readiness"} <= set(operations)
+    assert "401" in operations["startExecution"]["responses"]
+    assert "422" in operations["startExecution"]["responses"]
+    assert "404" in operations["getExecution"]["responses"]
+
+
+async def test_unknown_route_is_problem(client):
+    response = await client.get("/nope")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
