@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,13 +53,15 @@ class Agent:
             metadata=dict(metadata or {}),
         )
 
-    async def iterate(self, state: AgentState) -> AsyncIterator[StepRecord]:
+    async def iterate(self, state: AgentState) -> AsyncGenerator[StepRecord, None]:
         """Advance ``state`` in place one step at a time, yielding after each step.
 
         When the run ends (final answer or a limit) ``state.stop_reason`` is set; the final
         answer's step is yielded, a limit stops without yielding. Every yield leaves the
         state consistent, so the caller may stop consuming at any yield, checkpoint, and later
-        continue by calling ``iterate`` again with the restored state. Driver errors propagate.
+        continue by calling ``iterate`` again with the restored state; nothing is held open
+        across a yield, so an abandoned generator needs no cleanup (``aclose`` is still tidy).
+        Driver errors propagate.
         """
         while state.stop_reason is None:
             reason = self._limit_reached(state)

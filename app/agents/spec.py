@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
 Provider = Literal["openai", "scripted"]
 
@@ -53,3 +53,9 @@ class AgentTypeSpec(BaseModel):
     request_timeout: PositiveFloat = 120.0
     max_retries: int = Field(default=4, ge=0)
     script: list[ScriptedTurn] = Field(default_factory=list)
+
+    @field_validator("api_key_env", mode="before")
+    @classmethod
+    def _empty_means_no_key(cls, value: object) -> object:
+        """TOML has no null: ``api_key_env = ""`` says the server needs no key."""
+        return None if value == "" else value

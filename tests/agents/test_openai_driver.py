@@ -264,9 +264,7 @@ async def test_gives_up_after_max_retries(fake_openai: FakeOpenAI, http: httpx.A
 
     assert len(fake_openai.requests) == 3
     assert raised.value.status_code == 502
-    assert str(raised.value).endswith(
-        "HTTP 502: upstream unavailable (gave up after 3 attempts)"
-    )
+    assert str(raised.value).endswith("HTTP 502: upstream unavailable (gave up after 3 attempts)")
 
 
 async def test_no_retries_means_one_attempt(

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings, describe_settings_error
+
+
+def test_defaults_mirror_the_original_configuration(monkeypatch):
+    monkeypatch.delenv("AGENTS_CONFIG_FILE", raising=False)
+    settings = Settings()
+    assert settings.tiers["free"].concurrent == 1 and settings.tiers["free"].per_hour == 10
+    assert settings.tiers["pro"].concurrent == 5 and settings.tiers["pro"].per_hour == 100
+    assert settings.tiers["enterprise"].concurrent == 20
+    assert settings.tiers["enterprise"].per_hour == 1000
+    assert settings.queues.names() == ["agents-default", "agents-long", "agents-priority"]
+    assert (settings.timeouts.default, settings.timeouts.long) == (600, 1800)
+    assert settings.timeouts.max_event_wait == 1800
+    assert settings.limits.max_steps == 100 and settings.limits.max_tokens == 100_000
+    assert settings.limits.chunk_size == 10 and settings.limits.max_chunks == 50
+    types = settings.agent_types
+    assert (types["code-assistant"].queue, types["code-assistant"].timeout) == ("agents-default", 600)
+    assert types["code-assistant"].max_steps == 50
+    assert (types["research"].queue, types["research"].timeout) == ("agents-long", 1800)
+    assert types["research"].max_steps == 100
+    assert (types["code-review"].timeout, types["code-review"].max_steps) == (300, 30)
+    assert types["demo"].provider == "scripted"
+
+
+def test_toml_file_overrides_and_adds_agent_types(tmp_path, monkeypatch):
+    config = tmp_path / "agents.toml"
+    config.write_text(
+        """
+[limits]
+chunk_size = 5
+
+[agent_types.code-review]
+base_url = "http://127.0.0.1:9999/v1"
+model = "local-model"
+
+[agent_types.local]
+provider = "openai"
+base_url = "http://127.0.0.1:11434/v1"
+model = "llama3"
+api_key_env = ""
+queue = "agents-priority"
+"""
+    )
+    monkeypatch.setenv("AGENTS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AGENTS_LIMITS__MAX_CHUNKS", "7")
+    settings = Settings()
+    assert settings.limits.chunk_size == 5
+    assert settings.limits.max_chunks == 7
+    review = settings.agent_types["code-review"]
+    assert review.model == "local-model" and review.max_steps == 30  # the rest is kept
+    assert settings.agent_types["local"].queue == "agents-priority"
+    assert "demo" in settings.agent_types
+
+
+def test_invalid_settings_name_the_key(tmp_path, monkeypatch):
+    config = tmp_path / "agents.toml"
+    config.write_text("[agent_types.demo]\nmax_steps = -3\n")
+    monkeypatch.setenv("AGENTS_CONFIG_FILE", str(config))
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert "invalid setting agent_types.demo.max_steps" in describe_settings_error(caught.value)
+    monkeypatch.delenv("AGENTS_CONFIG_FILE")
+    monkeypatch.setenv("AGENTS_LIMITS__CHUNK_SIZE", "zero")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert "limits.chunk_size" in describe_settings_error(caught.value)
