@@ -27,7 +27,8 @@ def load_settings() -> Settings:
         sys.exit(describe_settings_error(exc))
     resolved = with_services(settings)
     # Child processes (and the Alembic env) use the same servers.
-    assert resolved.database_url and resolved.redis_url
+    assert resolved.database_url
+    assert resolved.redis_url
     os.environ["DATABASE_URL"] = resolved.database_url
     os.environ["REDIS_URL"] = resolved.redis_url
     return resolved
@@ -121,8 +122,13 @@ def _uvicorn_config(settings: Settings, host: str, port: int, workers: int = 1) 
     from app.main import create_app
 
     return uvicorn.Config(
-        create_app(settings), host=host, port=port, workers=workers, log_level="info",
-        loop="uvloop" if sys.platform != "win32" else "asyncio", http="httptools",
+        create_app(settings),
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        http="httptools",
         access_log=False,
     )
 
@@ -170,7 +176,9 @@ def _run_processes(argv: list[str], processes: int) -> None:
     import signal
     import subprocess
 
-    children = [subprocess.Popen([sys.executable, "-m", "app.cli", *argv]) for _ in range(processes)]
+    children = [
+        subprocess.Popen([sys.executable, "-m", "app.cli", *argv]) for _ in range(processes)
+    ]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:

@@ -7,8 +7,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
-from pydantic import field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -64,6 +71,14 @@ class WorkerTuning(_Section):
     sweep_interval: PositiveInt = 30
 
 
+def _default_tiers() -> dict[Tier, TierLimits]:
+    return {
+        "free": TierLimits(concurrent=1, per_hour=10),
+        "pro": TierLimits(concurrent=5, per_hour=100),
+        "enterprise": TierLimits(concurrent=20, per_hour=1000),
+    }
+
+
 def _builtin_agent_types() -> dict[str, AgentTypeSpec]:
     return {
         "code-assistant": AgentTypeSpec(
@@ -109,13 +124,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
     workspace_base: Path = Path(".data/workspaces")
     db_pool_size: PositiveInt = 10
-    tiers: dict[Tier, TierLimits] = Field(
-        default_factory=lambda: {
-            "free": TierLimits(concurrent=1, per_hour=10),
-            "pro": TierLimits(concurrent=5, per_hour=100),
-            "enterprise": TierLimits(concurrent=20, per_hour=1000),
-        }
-    )
+    tiers: dict[Tier, TierLimits] = Field(default_factory=_default_tiers)
     queues: Queues = Field(default_factory=Queues)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     limits: Limits = Field(default_factory=Limits)
@@ -127,7 +136,8 @@ class Settings(BaseSettings):
     def _merge_builtin_agent_types(cls, value: Any) -> Any:
         """Configured types add to the built-in ones; a table naming a built-in overrides fields."""
         merged: dict[str, Any] = {
-            name: spec.model_dump(exclude_unset=True) for name, spec in _builtin_agent_types().items()
+            name: spec.model_dump(exclude_unset=True)
+            for name, spec in _builtin_agent_types().items()
         }
         if not isinstance(value, dict):
             return value

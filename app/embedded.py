@@ -31,11 +31,11 @@ def start_postgres(data_dir: Path, database: str = DATABASE_NAME) -> str:
     pgserver counts the processes using a data directory and stops the server when the last one
     exits, so it is shared safely between ``agents dev`` and other commands.
     """
-    import pgserver
+    from pgserver.postgres_server import get_server
 
     pgdata = (data_dir / "postgres").resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = get_server(pgdata, cleanup_mode="stop")
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')

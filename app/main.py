@@ -23,7 +23,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from app.embedded import with_services
 
             resolved = with_services(resolved)
-        assert resolved.database_url and resolved.redis_url
+        assert resolved.database_url
+        assert resolved.redis_url
         db = create_engine(resolved.database_url, pool_size=resolved.db_pool_size)
         redis = await arq_pool(resolved.redis_url)
         app.state.settings = resolved

@@ -4,4 +4,12 @@ from app.auth.models import ApiToken, User
 from app.db import Base
 from app.executions.models import Execution, ExecutionLog, ExecutionMessage, ExecutionSignal
 
-__all__ = ["ApiToken", "Base", "Execution", "ExecutionLog", "ExecutionMessage", "ExecutionSignal", "User"]
+__all__ = [
+    "ApiToken",
+    "Base",
+    "Execution",
+    "ExecutionLog",
+    "ExecutionMessage",
+    "ExecutionSignal",
+    "User",
+]

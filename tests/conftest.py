@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
-from app.config import Settings
+from app.config import Settings, WorkerTuning
 from app.db import create_engine, session_factory
 from app.main import create_app
 from app.redis import arq_pool
@@ -67,7 +67,9 @@ def test_redis_url() -> str:
 def counting_script(steps: int, delay: float = 0.0) -> list[ScriptedTurn]:
     """``steps - 1`` steps that call ``list_files``, then a final answer."""
     turns = [
-        ScriptedTurn(tool_calls=[ScriptedToolCall(name="list_files", arguments={})], delay_seconds=delay)
+        ScriptedTurn(
+            tool_calls=[ScriptedToolCall(name="list_files", arguments={})], delay_seconds=delay
+        )
         for _ in range(steps - 1)
     ]
     return [*turns, ScriptedTurn(content=f"done after {steps} steps", delay_seconds=delay)]
@@ -75,8 +77,11 @@ def counting_script(steps: int, delay: float = 0.0) -> list[ScriptedTurn]:
 
 def scripted_type(steps: int, delay: float = 0.0, **overrides: Any) -> AgentTypeSpec:
     return AgentTypeSpec(
-        provider="scripted", api_key_env=None, capabilities=["files"],
-        script=counting_script(steps, delay), **overrides,
+        provider="scripted",
+        api_key_env=None,
+        capabilities=["files"],
+        script=counting_script(steps, delay),
+        **overrides,
     )
 
 
@@ -97,7 +102,7 @@ def make_settings(
             data_dir=tmp_path / "data",
             workspace_base=tmp_path / "workspaces",
             agent_types=agent_types,
-            worker={"poll_delay": 0.01, "heartbeat_interval": 0.2},
+            worker=WorkerTuning(poll_delay=0.01, heartbeat_interval=0.2),
             **overrides,
         )
 
@@ -110,7 +115,7 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-async def clean_state(database_url: str, test_redis_url: str) -> AsyncIterator[None]:
+async def clean_state(database_url: str, test_redis_url: str) -> None:
     """Each test starts from empty tables and an empty Redis database."""
     engine = create_engine(database_url, pool_size=1)
     async with engine.begin() as conn:
@@ -119,7 +124,6 @@ async def clean_state(database_url: str, test_redis_url: str) -> AsyncIterator[N
     redis = await arq_pool(test_redis_url)
     await redis.flushdb()
     await redis.aclose()
-    yield
 
 
 @pytest.fixture

@@ -66,7 +66,9 @@ async def test_bad_bodies_are_422_problems_and_change_nothing(client, alice, pay
 
 async def test_malformed_json_is_422(client, alice):
     response = await client.post(
-        "/api/agents", content=b"{not json", headers={**alice.headers, "content-type": "application/json"}
+        "/api/agents",
+        content=b"{not json",
+        headers={**alice.headers, "content-type": "application/json"},
     )
     assert response.status_code == 422
 
@@ -113,7 +115,9 @@ async def test_logs_cursor_and_filters(client, alice, run_worker):
     assert events == ["status_changed", "status_changed", *["step_completed"] * 3, "status_changed"]
     after = (await client.get(f"{url}?after_id={ids[2]}", headers=alice.headers)).json()
     assert [entry["id"] for entry in after] == ids[3:]
-    steps = (await client.get(f"{url}?event_type=step_completed&limit=2", headers=alice.headers)).json()
+    steps = (
+        await client.get(f"{url}?event_type=step_completed&limit=2", headers=alice.headers)
+    ).json()
     assert [entry["context"]["tool_names"] for entry in steps] == [["list_files"], ["list_files"]]
     assert steps[0]["context"]["has_tool_calls"] is True
     assert steps[0]["context"]["step_type"] == "tool_calls"
@@ -129,11 +133,15 @@ async def test_health_and_readiness(client):
 
 async def test_openapi_has_stable_operation_ids_and_problem_responses(client):
     spec = (await client.get("/openapi.json")).json()
-    operations = {
-        op["operationId"]: op for path in spec["paths"].values() for op in path.values()
-    }
-    assert {"startExecution", "listExecutions", "getExecution", "listExecutionLogs",
-            "health", "readiness"} <= set(operations)
+    operations = {op["operationId"]: op for path in spec["paths"].values() for op in path.values()}
+    assert {
+        "startExecution",
+        "listExecutions",
+        "getExecution",
+        "listExecutionLogs",
+        "health",
+        "readiness",
+    } <= set(operations)
     assert "401" in operations["startExecution"]["responses"]
     assert "422" in operations["startExecution"]["responses"]
     assert "404" in operations["getExecution"]["responses"]

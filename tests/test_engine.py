@@ -17,7 +17,9 @@ async def start(client, account, agent_type: str = "demo", prompt: str = "hello 
     return response.json()
 
 
-async def test_demo_agent_completes_with_what_it_read(client, alice, run_worker, sessions, settings):
+async def test_demo_agent_completes_with_what_it_read(
+    client, alice, run_worker, sessions, settings
+):
     created = await start(client, alice, "demo", "hello world")
     assert created["status"] == "pending"
 
@@ -97,13 +99,17 @@ async def test_duplicate_enqueue_runs_nothing_twice(client, alice, run_worker, s
     created = await start(client, alice, "steps-3")
     # Same job id: arq refuses it. Different job id, same lease: the claim refuses it.
     assert await enqueue_chunk(redis, created["id"], 0, "agents-default") is False
-    await redis.enqueue_job(RUN_EXECUTION, created["id"], 0, _job_id="dup", _queue_name="agents-default")
+    await redis.enqueue_job(
+        RUN_EXECUTION, created["id"], 0, _job_id="dup", _queue_name="agents-default"
+    )
     await run_worker()
     execution = await load(sessions, created["id"])
     assert execution.status == "completed"
     assert execution.lease == 1
     assert await step_numbers(sessions, created["id"]) == [1, 2, 3]
-    await redis.enqueue_job(RUN_EXECUTION, created["id"], 0, _job_id="late", _queue_name="agents-default")
+    await redis.enqueue_job(
+        RUN_EXECUTION, created["id"], 0, _job_id="late", _queue_name="agents-default"
+    )
     await run_worker()
     assert await step_numbers(sessions, created["id"]) == [1, 2, 3]
 
@@ -116,16 +122,26 @@ async def test_stale_lease_write_is_rejected(db, alice, sessions, client):
     autocommit = db.execution_options(isolation_level="AUTOCOMMIT")
     async with autocommit.connect() as conn:
         first = await repository.claim_execution(conn, execution_id, 0, "worker-a")
-        assert first is not None and first.lease == 1
+        assert first is not None
+        assert first.lease == 1
         # A second claim with the old lease loses; a recovery claim with the current one wins.
         assert await repository.claim_execution(conn, execution_id, 0, "worker-b") is None
         second = await repository.claim_execution(conn, execution_id, 1, "worker-b")
-        assert second is not None and second.lease == 2
+        assert second is not None
+        assert second.lease == 2
         written = await repository.commit_step(
-            conn, execution_id=execution_id, lease=first.lease, step_count=1,
-            usage={"input_tokens": 1, "output_tokens": 1}, snapshot={}, first_seq=0,
-            messages=[{"role": "system", "content": "x"}], log_message="Step 1 completed",
-            log_context={}, finish_status="completed", output={"response": "stale"},
+            conn,
+            execution_id=execution_id,
+            lease=first.lease,
+            step_count=1,
+            usage={"input_tokens": 1, "output_tokens": 1},
+            snapshot={},
+            first_seq=0,
+            messages=[{"role": "system", "content": "x"}],
+            log_message="Step 1 completed",
+            log_context={},
+            finish_status="completed",
+            output={"response": "stale"},
         )
         assert written is None
         assert not await repository.record_heartbeat(conn, execution_id, first.lease)
@@ -170,15 +186,18 @@ async def test_model_error_fails_the_execution_without_a_traceback(
     broken = scripted_type(3)
     broken.script = broken.script[:1]  # runs out after one step
     settings = make_settings(agent_types={"broken": broken})
-    from app.main import create_app
     import httpx
 
+    from app.main import create_app
+
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            created = await start(http, alice, "broken")
-            await run_worker(settings)
-            body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        created = await start(http, alice, "broken")
+        await run_worker(settings)
+        body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
     assert body["status"] == "failed"
     assert body["error"]["type"] == "script_exhausted"
     assert "Traceback" not in str(body)
@@ -186,18 +205,23 @@ async def test_model_error_fails_the_execution_without_a_traceback(
     assert body["completed_at"] is not None
 
 
-async def test_step_limit_fails_with_error_naming_the_limit(client, alice, run_worker, make_settings):
-    from tests.conftest import scripted_type
-    from app.main import create_app
+async def test_step_limit_fails_with_error_naming_the_limit(
+    client, alice, run_worker, make_settings
+):
     import httpx
+
+    from app.main import create_app
+    from tests.conftest import scripted_type
 
     settings = make_settings(agent_types={"capped": scripted_type(10, max_steps=4)})
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-            created = await start(http, alice, "capped")
-            await run_worker(settings)
-            body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
+    ):
+        created = await start(http, alice, "capped")
+        await run_worker(settings)
+        body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
     assert body["status"] == "failed"
     assert body["error"]["type"] == "max_steps_exceeded"
     assert body["step_count"] == 4
@@ -216,7 +240,9 @@ async def test_events_are_published_after_each_commit(client, alice, run_worker,
         if message is not None:
             received.append(json.loads(message["data"]))
     await pubsub.aclose()
-    names = [(m["event"], m["data"].get("status") or m["data"].get("step_number")) for m in received]
+    names = [
+        (m["event"], m["data"].get("status") or m["data"].get("step_number")) for m in received
+    ]
     assert names == [
         ("status.changed", "pending"),
         ("status.changed", "running"),
@@ -229,7 +255,14 @@ async def test_events_are_published_after_each_commit(client, alice, run_worker,
     assert ids == sorted(ids)
     assert all(m["data"]["execution_id"] == created["id"] for m in received)
     step = received[2]["data"]
-    assert {"step_number", "step_type", "has_tool_calls", "tool_names", "tokens_used", "timestamp"} <= set(step)
+    assert {
+        "step_number",
+        "step_type",
+        "has_tool_calls",
+        "tool_names",
+        "tokens_used",
+        "timestamp",
+    } <= set(step)
 
 
 async def test_sweep_recovers_an_execution_whose_worker_died(
@@ -246,7 +279,10 @@ async def test_sweep_recovers_an_execution_whose_worker_died(
         # A worker claimed it, then died before its first step.
         assert await repository.claim_execution(conn, execution_id, 0, "dead-worker")
         await conn.execute(
-            text("UPDATE agent_executions SET heartbeat_at = now() - interval '1 hour' WHERE id = :id"),
+            text(
+                "UPDATE agent_executions SET heartbeat_at = now() - interval '1 hour' "
+                "WHERE id = :id"
+            ),
             {"id": execution_id},
         )
     report = await sweep(db, redis, settings)
@@ -266,7 +302,9 @@ async def test_sweep_requeues_a_pending_execution_whose_job_redis_lost(
     created = await start(client, alice, "steps-3")
     await redis.flushdb()
     async with db.begin() as conn:
-        await conn.execute(text("UPDATE agent_executions SET updated_at = now() - interval '1 hour'"))
+        await conn.execute(
+            text("UPDATE agent_executions SET updated_at = now() - interval '1 hour'")
+        )
     assert (await sweep(db, redis, settings)).requeued == 1
     await run_worker()
     assert (await load(sessions, created["id"])).status == "completed"

@@ -14,8 +14,12 @@ __all__ = ["fake_openai", "fake_openai_server"]
 
 def openai_type(base_url: str) -> AgentTypeSpec:
     return AgentTypeSpec(
-        provider="openai", base_url=base_url, model="fake-model", api_key_env="TEST_OPENAI_KEY",
-        capabilities=["files"], max_retries=1,
+        provider="openai",
+        base_url=base_url,
+        model="fake-model",
+        api_key_env="TEST_OPENAI_KEY",
+        capabilities=["files"],
+        max_retries=1,
     )
 
 
@@ -28,7 +32,9 @@ async def run(make_settings, run_worker, account, fake, monkeypatch) -> dict:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             created = await start(http, account, "remote", "write hi to a.txt")
             await run_worker(settings)
-            body: dict = (await http.get(f"/api/agents/{created['id']}", headers=account.headers)).json()
+            body: dict = (
+                await http.get(f"/api/agents/{created['id']}", headers=account.headers)
+            ).json()
     return body
 
 
@@ -37,7 +43,8 @@ async def test_execution_runs_tool_calls_through_the_openai_protocol(
 ):
     fake_openai.enqueue_completion(
         tool_calls=[tool_call("write_file", {"path": "a.txt", "content": "hi"})],
-        prompt_tokens=20, completion_tokens=7,
+        prompt_tokens=20,
+        completion_tokens=7,
     )
     fake_openai.enqueue(429, error_body("slow down"), headers={"Retry-After": "0"})
     fake_openai.enqueue_completion("I wrote hi to a.txt.", prompt_tokens=30, completion_tokens=4)
@@ -72,7 +79,8 @@ async def test_type_without_its_key_is_refused_at_start(make_settings, alice, mo
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             response = await http.post(
-                "/api/agents", json={"agent_type": "remote", "input": {"prompt": "x"}},
+                "/api/agents",
+                json={"agent_type": "remote", "input": {"prompt": "x"}},
                 headers=alice.headers,
             )
     assert response.status_code == 422

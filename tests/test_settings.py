@@ -9,17 +9,24 @@ from app.config import Settings, describe_settings_error
 def test_defaults_mirror_the_original_configuration(monkeypatch):
     monkeypatch.delenv("AGENTS_CONFIG_FILE", raising=False)
     settings = Settings()
-    assert settings.tiers["free"].concurrent == 1 and settings.tiers["free"].per_hour == 10
-    assert settings.tiers["pro"].concurrent == 5 and settings.tiers["pro"].per_hour == 100
+    assert settings.tiers["free"].concurrent == 1
+    assert settings.tiers["free"].per_hour == 10
+    assert settings.tiers["pro"].concurrent == 5
+    assert settings.tiers["pro"].per_hour == 100
     assert settings.tiers["enterprise"].concurrent == 20
     assert settings.tiers["enterprise"].per_hour == 1000
     assert settings.queues.names() == ["agents-default", "agents-long", "agents-priority"]
     assert (settings.timeouts.default, settings.timeouts.long) == (600, 1800)
     assert settings.timeouts.max_event_wait == 1800
-    assert settings.limits.max_steps == 100 and settings.limits.max_tokens == 100_000
-    assert settings.limits.chunk_size == 10 and settings.limits.max_chunks == 50
+    assert settings.limits.max_steps == 100
+    assert settings.limits.max_tokens == 100_000
+    assert settings.limits.chunk_size == 10
+    assert settings.limits.max_chunks == 50
     types = settings.agent_types
-    assert (types["code-assistant"].queue, types["code-assistant"].timeout) == ("agents-default", 600)
+    assert (types["code-assistant"].queue, types["code-assistant"].timeout) == (
+        "agents-default",
+        600,
+    )
     assert types["code-assistant"].max_steps == 50
     assert (types["research"].queue, types["research"].timeout) == ("agents-long", 1800)
     assert types["research"].max_steps == 100
@@ -52,7 +59,8 @@ queue = "agents-priority"
     assert settings.limits.chunk_size == 5
     assert settings.limits.max_chunks == 7
     review = settings.agent_types["code-review"]
-    assert review.model == "local-model" and review.max_steps == 30  # the rest is kept
+    assert review.model == "local-model"
+    assert review.max_steps == 30
     assert settings.agent_types["local"].queue == "agents-priority"
     assert "demo" in settings.agent_types
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import cast
 
 from arq import cron
 from arq.cron import CronJob
+from arq.typing import WorkerCoroutine
 from arq.worker import Function, func
 
 from app.executions.engine import WorkerContext, run_execution
@@ -26,12 +27,26 @@ async def sweep_executions(ctx: WorkerContext) -> dict[str, int]:
 def functions(job_timeout: float) -> list[Function]:
     # keep_result blocks re-use of a job id for that long: that is what makes a duplicate
     # enqueue of the same chunk a no-op (job ids are ``{execution}:{lease}``).
-    return [func(run_execution, name=RUN_EXECUTION, timeout=job_timeout, keep_result=3600, max_tries=3)]
+    return [
+        func(
+            cast(WorkerCoroutine, run_execution),
+            name=RUN_EXECUTION,
+            timeout=job_timeout,
+            keep_result=3600,
+            max_tries=3,
+        )
+    ]
 
 
 def cron_jobs(interval_seconds: int) -> list[CronJob]:
     seconds = set(range(0, 60, max(1, min(interval_seconds, 60))))
-    return [cron(sweep_executions, second=seconds, run_at_startup=True, unique=True)]
+    return [
+        cron(
+            cast(WorkerCoroutine, sweep_executions),
+            second=seconds,
+            run_at_startup=True,
+            unique=True,
+        )
+    ]
 
 
-__all__: list[Any] = ["cron_jobs", "functions", "sweep_executions"]

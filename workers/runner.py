@@ -16,8 +16,6 @@ from workers.jobs import cron_jobs, functions
 log = logging.getLogger(__name__)
 
 
-
-
 class WorkerGroup:
     """The arq workers of one process; ``run`` returns when they stop (signal, burst or stop())."""
 
@@ -38,7 +36,9 @@ class WorkerGroup:
                     functions(self.settings.job_timeout()),
                     queue_name=queue,
                     # One cron sweep per process is enough.
-                    cron_jobs=cron_jobs(tuning.sweep_interval) if index == 0 and not self.burst else None,
+                    cron_jobs=cron_jobs(tuning.sweep_interval)
+                    if index == 0 and not self.burst
+                    else None,
                     redis_settings=redis_settings,
                     burst=self.burst,
                     handle_signals=False,

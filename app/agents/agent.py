@@ -123,6 +123,8 @@ class Agent:
         tool = self.tools.get(call.name)
         if call.invalid_arguments is not None:
             quoted = call.invalid_arguments[:_QUOTE_CHARS]
+            if len(call.invalid_arguments) > _QUOTE_CHARS:
+                quoted += "..."
             result = f"error: invalid JSON arguments for {call.name}, expected an object: {quoted}"
         elif tool is None:
             available = ", ".join(self.tools) or "none"

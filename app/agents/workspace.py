@@ -28,7 +28,7 @@ class Workspace:
         relative = PurePosixPath(path)
         if relative.is_absolute() or Path(path).is_absolute():
             raise ToolError(f"invalid path {path!r}: paths must be relative to the workspace")
-        if False:
+        if ".." in relative.parts:
             raise ToolError(f"invalid path {path!r}: '..' is not allowed")
         # Non-strict resolution still follows every existing symlink (dangling ones too), so
         # only the not-yet-created tail of a path to be written stays unresolved.

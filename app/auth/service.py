@@ -29,7 +29,11 @@ async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
 
 
 async def create_user(
-    session: AsyncSession, *, email: str, name: str | None = None, tier: str = "free",
+    session: AsyncSession,
+    *,
+    email: str,
+    name: str | None = None,
+    tier: str = "free",
     is_admin: bool = False,
 ) -> User:
     user = User(email=email.lower(), name=name or email.split("@")[0], tier=tier, is_admin=is_admin)
@@ -72,4 +76,4 @@ async def authenticate(session: AsyncSession, token: str) -> User | None:
         await session.execute(
             update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now)
         )
-    return user  # type: ignore[no-any-return]
+    return user

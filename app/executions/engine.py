@@ -37,6 +37,7 @@ _LIMIT_ERRORS = {
     "timeout": "timeout_exceeded",
 }
 
+
 class WorkerContext(TypedDict):
     """Resources a worker process shares between its jobs (arq adds ``redis``)."""
 
@@ -46,8 +47,10 @@ class WorkerContext(TypedDict):
     http: httpx.AsyncClient
     worker_id: str
 
+
 class LeaseLost(Exception):
     """Another worker (or a kill) took the execution; this one must stop writing."""
+
 
 class ChunkRunner:
     """Runs one claimed execution for one chunk."""
@@ -65,8 +68,11 @@ class ChunkRunner:
         if self.claim.status_log_id is not None:
             await self._publish(
                 events.status_changed(
-                    self.id, self.claim.status_log_id, Status.RUNNING,
-                    step_count=self.claim.step_count, token_usage=self.claim.token_usage,
+                    self.id,
+                    self.claim.status_log_id,
+                    Status.RUNNING,
+                    step_count=self.claim.step_count,
+                    token_usage=self.claim.token_usage,
                     completed_at=None,
                 )
             )
@@ -108,7 +114,9 @@ class ChunkRunner:
             await iterator.aclose()
         reason = state.stop_reason
         error_type = _LIMIT_ERRORS.get(reason or "", "stopped")
-        await self._fail(error_type, f"stopped by the {reason} limit after {state.step_count} steps")
+        await self._fail(
+            error_type, f"stopped by the {reason} limit after {state.step_count} steps"
+        )
 
     async def _commit(self, record: StepRecord, persisted: int) -> int:
         state = record.state
@@ -140,13 +148,18 @@ class ChunkRunner:
         if written is None:
             raise LeaseLost
         published = [
-            events.step_completed(self.id, written.log_id, written.created_at, context, record.number)
+            events.step_completed(
+                self.id, written.log_id, written.created_at, context, record.number
+            )
         ]
         if written.status_log_id is not None:
             published.append(
                 events.status_changed(
-                    self.id, written.status_log_id, Status.COMPLETED,
-                    step_count=state.step_count, token_usage=state.usage.total_tokens,
+                    self.id,
+                    written.status_log_id,
+                    Status.COMPLETED,
+                    step_count=state.step_count,
+                    token_usage=state.usage.total_tokens,
                     completed_at=written.completed_at,
                 )
             )
@@ -167,8 +180,12 @@ class ChunkRunner:
             raise LeaseLost
         await self._publish(
             events.status_changed(
-                self.id, finished.log_id, Status.FAILED, step_count=finished.step_count,
-                token_usage=finished.token_usage, completed_at=finished.completed_at,
+                self.id,
+                finished.log_id,
+                Status.FAILED,
+                step_count=finished.step_count,
+                token_usage=finished.token_usage,
+                completed_at=finished.completed_at,
             )
         )
 
@@ -185,8 +202,12 @@ class ChunkRunner:
         except Exception:
             log.warning("could not publish events for %s", self.id, exc_info=True)
 
+
 async def _keep_alive(
-    db: AsyncEngine, execution_id: uuid.UUID, lease: int, interval: float,
+    db: AsyncEngine,
+    execution_id: uuid.UUID,
+    lease: int,
+    interval: float,
     on_lost: Callable[[], Any],
 ) -> None:
     """Refresh the heartbeat while a step runs; stop the chunk when the lease is gone."""
@@ -201,6 +222,7 @@ async def _keep_alive(
         if not alive:
             on_lost()
             return
+
 
 async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> str:
     """The arq job: advance ``execution_id`` if its lease is still ``lease``."""
@@ -221,7 +243,9 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> st
 
     task = asyncio.ensure_future(runner.run())
     keep_alive = asyncio.create_task(
-        _keep_alive(ctx["db"], claim.id, claim.lease, settings.worker.heartbeat_interval, lease_lost)
+        _keep_alive(
+            ctx["db"], claim.id, claim.lease, settings.worker.heartbeat_interval, lease_lost
+        )
     )
     try:
         await task

@@ -38,7 +38,10 @@ class Event:
 
 
 def step_completed(
-    execution_id: uuid.UUID, log_id: int, created_at: datetime, context: dict[str, Any],
+    execution_id: uuid.UUID,
+    log_id: int,
+    created_at: datetime,
+    context: dict[str, Any],
     step_number: int,
 ) -> Event:
     return Event(
@@ -54,7 +57,12 @@ def step_completed(
 
 
 def status_changed(
-    execution_id: uuid.UUID, log_id: int, status: str, *, step_count: int, token_usage: int,
+    execution_id: uuid.UUID,
+    log_id: int,
+    status: str,
+    *,
+    step_count: int,
+    token_usage: int,
     completed_at: datetime | None,
 ) -> Event:
     return Event(
@@ -70,9 +78,7 @@ def status_changed(
     )
 
 
-async def publish(
-    redis: Redis, execution_id: uuid.UUID, user_id: int, events: list[Event]
-) -> None:
+async def publish(redis: Redis, execution_id: uuid.UUID, user_id: int, events: list[Event]) -> None:
     """Send events to the execution's and the owner's channels in one round trip."""
     if not events:
         return

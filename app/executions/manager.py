@@ -60,7 +60,11 @@ class AgentManager:
             metadata=metadata or {},
         )
         event = events.status_changed(
-            execution.id, created.id, Status.PENDING, step_count=0, token_usage=0,
+            execution.id,
+            created.id,
+            Status.PENDING,
+            step_count=0,
+            token_usage=0,
             completed_at=None,
         )
 

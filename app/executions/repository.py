@@ -259,7 +259,7 @@ async def finish_execution(
 async def record_heartbeat(conn: AsyncConnection, execution_id: uuid.UUID, lease: int) -> bool:
     """Refresh the heartbeat; False when the lease is no longer ours."""
     result = await conn.execute(_HEARTBEAT, {"id": execution_id, "lease": lease})
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)
 
 
 # --- API queries -------------------------------------------------------------------------------
@@ -276,8 +276,13 @@ async def insert_execution(
 ) -> tuple[Execution, ExecutionLog]:
     """A new pending execution and its first ``status_changed`` log."""
     execution = Execution(
-        id=uuid.uuid4(), user_id=user_id, agent_type=agent_type, queue=queue, input=input,
-        metadata_=metadata, status="pending",
+        id=uuid.uuid4(),
+        user_id=user_id,
+        agent_type=agent_type,
+        queue=queue,
+        input=input,
+        metadata_=metadata,
+        status="pending",
     )
     log = ExecutionLog(
         execution_id=execution.id,

@@ -278,6 +278,18 @@ async def test_no_retries_means_one_attempt(
     assert len(fake_openai.requests) == 1
 
 
+async def test_no_wait_after_the_last_attempt(
+    fake_openai: FakeOpenAI, http: httpx.AsyncClient
+) -> None:
+    fake_openai.enqueue(429, error_body("Rate limit reached"), headers={"Retry-After": "5"})
+    started = time.monotonic()
+
+    with pytest.raises(ProviderError, match="Rate limit reached"):
+        await driver(http, fake_openai.base_url, max_retries=0).complete(CONVERSATION, [])
+
+    assert time.monotonic() - started < 1
+
+
 async def test_request_timeout_is_retried_then_fails(
     fake_openai: FakeOpenAI, http: httpx.AsyncClient
 ) -> None:

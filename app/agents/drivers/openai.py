@@ -68,7 +68,7 @@ class OpenAIChatDriver:
     ) -> ModelResponse:
         body = request_body(self.model, messages, tools)
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        attempts = self.max_retries + 1
+        attempts = max(self.max_retries, 0) + 1
         for attempt in range(1, attempts + 1):
             status: int | None = None
             retry_after: float | None = None
@@ -79,9 +79,9 @@ class OpenAIChatDriver:
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
                 raise self._error(f"invalid base URL: {exc}") from exc
             except httpx.TransportError as exc:
-                failure = f"connection failed: {exc or type(exc).__name__}"
+                failure = f"connection failed: {str(exc) or type(exc).__name__}"
             except httpx.HTTPError as exc:  # undecodable body, redirect loop: waiting won't help
-                raise self._error(f"malformed response: {exc or type(exc).__name__}") from exc
+                raise self._error(f"malformed response: {str(exc) or type(exc).__name__}") from exc
             else:
                 if response.is_success:
                     return self._parse(response, messages)

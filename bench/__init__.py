@@ -1,0 +1,1 @@
+"""Reproducible benchmarks for the agent execution service (see bench/README.md)."""
