@@ -214,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     settings = load_settings()
     if args.command == "worker" and args.processes > 1:
         queue_args = [arg for q in (args.queue or []) for arg in ("--queue", q)]

@@ -15,6 +15,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -158,6 +159,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"agent type {name!r} has an empty queue")
         return value
 
+    @model_validator(mode="after")
+    def _cap_agent_types_by_limits(self) -> Settings:
+        """``limits.max_steps`` / ``limits.max_tokens`` are ceilings for every agent type."""
+        for name, spec in self.agent_types.items():
+            self.agent_types[name] = spec.model_copy(
+                update={
+                    "max_steps": min(spec.max_steps, self.limits.max_steps),
+                    "max_tokens": min(spec.max_tokens, self.limits.max_tokens),
+                }
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -175,6 +188,13 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"AGENTS_CONFIG_FILE: no such file: {config_file}")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    def tier_limits(self, tier: str) -> TierLimits:
+        """A tier's limits; an unknown tier gets the free tier's."""
+        for name, limits in self.tiers.items():
+            if name == tier:
+                return limits
+        return self.tiers["free"]
 
     def queue_names(self) -> list[str]:
         """Every queue a worker may have to serve: the standard ones and any an agent type names."""

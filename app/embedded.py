@@ -15,6 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from app.config import Settings
@@ -31,7 +32,10 @@ def start_postgres(data_dir: Path, database: str = DATABASE_NAME) -> str:
     pgserver counts the processes using a data directory and stops the server when the last one
     exits, so it is shared safely between ``agents dev`` and other commands.
     """
-    from pgserver.postgres_server import get_server
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset; pgserver copes with it.
+        warnings.simplefilter("ignore")
+        from pgserver.postgres_server import get_server
 
     pgdata = (data_dir / "postgres").resolve()
     pgdata.mkdir(parents=True, exist_ok=True)

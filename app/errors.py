@@ -8,6 +8,7 @@
     ├── Conflict                  409  the resource is not in a state that allows this
     ├── InvalidRequest            422  well-formed JSON that the domain rejects
     │   └── UnknownAgentType           lists the known types
+    ├── RateLimited               429  the tier's limits are reached (``limits``, Retry-After)
     └── ServiceUnavailable        503  a backing service (database, Redis) is unreachable
 
 Payload validation failures (FastAPI's ``RequestValidationError``) are rendered as 422 problems
@@ -43,9 +44,12 @@ class AppError(Exception):
     type: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal error"
 
-    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra
 
     def problem(self) -> dict[str, Any]:
@@ -69,6 +73,9 @@ class Unauthorized(AppError):
     status = 401
     type = "unauthorized"
     title = "Authentication required"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
 
 
 class Forbidden(AppError):
@@ -105,6 +112,12 @@ class UnknownAgentType(InvalidRequest):
     title = "Unknown agent type"
 
 
+class RateLimited(AppError):
+    status = 429
+    type = "rate-limited"
+    title = "Too many executions"
+
+
 class ServiceUnavailable(AppError):
     status = 503
     type = "service-unavailable"
@@ -119,8 +132,7 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
 
 async def _app_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return problem_response(exc.problem(), headers)
+    return problem_response(exc.problem(), exc.headers or None)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -151,3 +151,59 @@ async def test_unknown_route_is_problem(client):
     response = await client.get("/nope")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_tier_limits_are_enforced_with_429_and_retry_after(client, sessions):
+    from tests.fixtures.users import make_account
+
+    free = await make_account(sessions, "free@example.com", tier="free")
+    await start(client, free, "steps-3")
+    response = await client.post(
+        "/api/agents",
+        json={"agent_type": "steps-3", "input": {"prompt": "x"}},
+        headers=free.headers,
+    )
+    assert response.status_code == 429
+    assert response.headers["content-type"] == "application/problem+json"
+    assert int(response.headers["retry-after"]) > 0
+    limits = response.json()["limits"]
+    assert limits == {
+        "tier": "free",
+        "concurrent": 1,
+        "per_hour": 10,
+        "active": 1,
+        "started_last_hour": 1,
+    }
+    assert (await client.get("/api/agents", headers=free.headers)).json()["total"] == 1
+
+
+async def test_hourly_limit_counts_finished_executions(client, sessions, run_worker):
+    import asyncio
+
+    from tests.fixtures.users import make_account
+
+    free = await make_account(sessions, "hourly@example.com", tier="free")
+    for _ in range(10):
+        await start(client, free, "steps-3")
+        await run_worker()
+    response = await client.post(
+        "/api/agents",
+        json={"agent_type": "steps-3", "input": {"prompt": "x"}},
+        headers=free.headers,
+    )
+    assert response.status_code == 429
+    assert response.json()["limits"]["started_last_hour"] == 10
+    assert 3500 < int(response.headers["retry-after"]) <= 3600
+    # Concurrent requests from one user are serialized: exactly as many pass as the limit allows.
+    pro = await make_account(sessions, "burst@example.com", tier="pro")
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                "/api/agents",
+                json={"agent_type": "steps-3", "input": {"prompt": "x"}},
+                headers=pro.headers,
+            )
+            for _ in range(12)
+        )
+    )
+    assert sorted(r.status_code for r in responses) == [201] * 5 + [429] * 7

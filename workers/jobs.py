@@ -48,5 +48,3 @@ def cron_jobs(interval_seconds: int) -> list[CronJob]:
             unique=True,
         )
     ]
-
-

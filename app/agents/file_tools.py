@@ -157,8 +157,9 @@ class ListFiles(Tool):
     )
     Args = ListFilesArgs
 
-    def __init__(self, workspace: Workspace) -> None:
+    def __init__(self, workspace: Workspace, max_entries: int = MAX_LIST_ENTRIES) -> None:
         self.workspace = workspace
+        self.max_entries = max_entries
 
     async def run(self, args: BaseModel) -> str:
         assert isinstance(args, ListFilesArgs)  # invoke() validated against Args
@@ -176,7 +177,7 @@ class ListFiles(Tool):
             return "(empty directory)"
         listing = "\n".join(entries)
         if not complete:
-            listing += f"\n[truncated after {MAX_LIST_ENTRIES} entries; list a subdirectory]"
+            listing += f"\n[truncated after {self.max_entries} entries; list a subdirectory]"
         return listing
 
     def _walk(self, directory: Path, entries: list[str]) -> bool:
@@ -184,7 +185,7 @@ class ListFiles(Tool):
         with os.scandir(directory) as scan:
             children = sorted(scan, key=lambda entry: entry.name)
         for child in children:
-            if len(entries) >= MAX_LIST_ENTRIES:
+            if len(entries) >= self.max_entries:
                 return False
             path = Path(child.path)
             # Symlinks are listed but never followed: one pointing outside the workspace would

@@ -18,6 +18,7 @@ from app.db import after_commit
 from app.errors import ExecutionNotFound, InvalidRequest, UnknownAgentType
 from app.executions import events, repository
 from app.executions.jobs import enqueue_chunk
+from app.executions.limits import check_start_allowed
 from app.executions.models import Execution
 from app.executions.status import Status
 
@@ -51,6 +52,7 @@ class AgentManager:
             raise InvalidRequest(
                 f"Agent type {agent_type!r} cannot run: {exc}", missing_setting=spec.api_key_env
             ) from exc
+        await check_start_allowed(session, user.id, user.tier, self.settings.tier_limits(user.tier))
         execution, created = await repository.insert_execution(
             session,
             user_id=user.id,

@@ -6,7 +6,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response, status
 
 from app.deps import CurrentUser, RedisDep, SessionDep, SettingsDep
-from app.errors import ExecutionNotFound, InvalidRequest, Unauthorized, UnknownAgentType
+from app.errors import (
+    ExecutionNotFound,
+    InvalidRequest,
+    RateLimited,
+    Unauthorized,
+    UnknownAgentType,
+)
 from app.executions import repository
 from app.executions.manager import AgentManager, get_visible_execution
 from app.executions.schemas import (
@@ -30,7 +36,12 @@ _LATEST_LOGS = 50
     response_model=ExecutionOut,
     operation_id="startExecution",
     summary="Start an agent execution",
-    responses={**_AUTH, **UnknownAgentType.openapi(), **InvalidRequest.openapi()},
+    responses={
+        **_AUTH,
+        **UnknownAgentType.openapi(),
+        **InvalidRequest.openapi(),
+        **RateLimited.openapi(),
+    },
 )
 async def start_execution(
     body: StartExecution,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from app.agents.file_tools import MAX_LIST_ENTRIES, MAX_READ_CHARS, file_tools
+from app.agents.file_tools import MAX_LIST_ENTRIES, MAX_READ_CHARS, ListFiles, file_tools
 from app.agents.tools import Tool, ToolError
 from app.agents.workspace import Workspace
 
@@ -147,15 +147,29 @@ async def test_list_files(tools: dict[str, Tool], root: Path) -> None:
     assert await tools["list_files"].invoke({"path": "nope"}) == "error: no such directory: nope"
 
 
-async def test_list_files_is_bounded(tools: dict[str, Tool], root: Path) -> None:
-    for i in range(MAX_LIST_ENTRIES + 5):
-        (root / f"f{i:05}").touch()
+@pytest.mark.parametrize("limit", [3, 4, 5])
+async def test_list_files_is_bounded(root: Path, limit: int) -> None:
+    for name in ("a", "b/x", "b/y", "c"):
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).touch()
+    listing = ["a", "b/", "b/x", "b/y", "c"]
 
-    lines = (await tools["list_files"].invoke({})).splitlines()
+    lines = (await ListFiles(Workspace(root), max_entries=limit).invoke({})).splitlines()
 
-    assert len(lines) == MAX_LIST_ENTRIES + 1
-    assert lines[0] == "f00000"
-    assert lines[-1].startswith(f"[truncated after {MAX_LIST_ENTRIES} entries")
+    if limit < len(listing):
+        assert lines == [
+            *listing[:limit],
+            f"[truncated after {limit} entries; list a subdirectory]",
+        ]
+    else:
+        assert lines == listing
+
+
+def test_list_files_default_bound(tools: dict[str, Tool]) -> None:
+    list_files = tools["list_files"]
+
+    assert isinstance(list_files, ListFiles)
+    assert list_files.max_entries == MAX_LIST_ENTRIES == 1000
 
 
 @pytest.mark.parametrize("path", ["../x", "a/../../x", "a/..", "/etc/passwd", "..", "x\x00y"])

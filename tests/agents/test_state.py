@@ -49,7 +49,7 @@ states = st.builds(
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=75, deadline=None)
 @given(states)
 def test_state_round_trips_through_json(state: AgentState) -> None:
     # Whole, as model JSON.
