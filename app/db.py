@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -44,9 +46,23 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+_ESCAPED_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def json_serializer(value: object) -> str:
+    """JSON for jsonb columns; PostgreSQL refuses NUL characters, so they become U+FFFD."""
+    encoded = json.dumps(value)
+    if "\\u0000" in encoded:
+        encoded = _ESCAPED_NUL.sub(r"\1\\ufffd", encoded)
+    return encoded
+
+
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
-        async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        json_serializer=json_serializer,
     )
 
 

@@ -102,7 +102,9 @@ def make_settings(
             data_dir=tmp_path / "data",
             workspace_base=tmp_path / "workspaces",
             agent_types=agent_types,
-            worker=WorkerTuning(poll_delay=0.01, heartbeat_interval=0.2),
+            worker=WorkerTuning(
+                **{"poll_delay": 0.01, "heartbeat_interval": 0.2, **overrides.pop("worker", {})}
+            ),
             **overrides,
         )
 

@@ -308,3 +308,24 @@ async def test_sweep_requeues_a_pending_execution_whose_job_redis_lost(
     assert (await sweep(db, redis, settings)).requeued == 1
     await run_worker()
     assert (await load(sessions, created["id"])).status == "completed"
+
+
+async def test_nul_characters_from_a_model_are_stored_not_fatal(alice, run_worker, make_settings):
+    import httpx
+
+    from app.agents.spec import AgentTypeSpec, ScriptedTurn
+    from app.main import create_app
+
+    spec = AgentTypeSpec(
+        provider="scripted", api_key_env=None, script=[ScriptedTurn(content="bad\x00byte")]
+    )
+    settings = make_settings(agent_types={"nul": spec})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            created = await start(http, alice, "nul", "a\x00b")
+            await run_worker(settings)
+            body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+    assert body["status"] == "completed"
+    assert body["output"] == {"response": "bad\ufffdbyte"}
