@@ -193,3 +193,51 @@ async def test_dev_command_serves_on_embedded_servers_and_stops_cleanly(tmp_path
         if p.info["pid"] in started or any(data in part for part in (p.info["cmdline"] or []))
     ]
     assert survivors == []
+
+
+async def test_stopping_a_worker_hands_its_execution_over_at_once(
+    settings, tmp_path, alice, sessions, run_worker, make_settings
+):
+    config = tmp_path / "agents.toml"
+    turns = "".join(
+        "[[agent_types.crashy.script]]\ndelay_seconds = 0.3\n"
+        + (
+            'content = "done"\n'
+            if i == 3
+            else '[[agent_types.crashy.script.tool_calls]]\nname = "list_files"\n'
+        )
+        for i in range(4)
+    )
+    config.write_text(SLOW_TYPE.format(turns=turns))
+    env = service_env(settings, tmp_path, AGENTS_CONFIG_FILE=str(config))
+    os.environ["AGENTS_CONFIG_FILE"] = str(config)
+    try:
+        own_settings = make_settings()
+    finally:
+        del os.environ["AGENTS_CONFIG_FILE"]
+    from app.main import create_app
+
+    app = create_app(own_settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            created = await start(http, alice, "crashy")
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
+    try:
+        for _ in range(300):
+            if len(await step_numbers(sessions, created["id"])) >= 1:
+                break
+            await asyncio.sleep(0.02)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(10) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert len(await step_numbers(sessions, created["id"])) < 4
+    # No sweep, no stale heartbeat: the next worker simply continues.
+    await run_worker(own_settings)
+    async with sessions() as session:
+        execution = await session.get(Execution, uuid.UUID(created["id"]))
+    assert execution is not None
+    assert execution.status == "completed"
+    assert await step_numbers(sessions, created["id"]) == [1, 2, 3, 4]

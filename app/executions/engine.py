@@ -96,9 +96,9 @@ class ChunkRunner:
         else:
             state = AgentState.restore(self.claim.state_snapshot, self.claim.messages)
             persisted = len(self.claim.messages)
-        await self._drive(agent, state, persisted, spec.queue)
+        await self._drive(agent, state, persisted)
 
-    async def _drive(self, agent: Agent, state: AgentState, persisted: int, queue: str) -> None:
+    async def _drive(self, agent: Agent, state: AgentState, persisted: int) -> None:
         steps = 0
         iterator = agent.iterate(state)
         try:
@@ -108,7 +108,7 @@ class ChunkRunner:
                 if state.stop_reason == "final_answer":
                     return
                 if steps >= self.settings.limits.chunk_size:
-                    await enqueue_chunk(self.redis, self.id, self.lease, queue)
+                    await enqueue_chunk(self.redis, self.id, self.lease, self.claim.queue)
                     return
         finally:
             await iterator.aclose()
@@ -254,6 +254,10 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> st
     except asyncio.CancelledError:
         if lost:
             return "lease lost"
+        # The worker is shutting down: hand the execution over from its last committed step
+        # now, rather than after its heartbeat goes stale.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(enqueue_chunk(ctx["redis"], claim.id, claim.lease, claim.queue))
         raise
     except Exception as exc:
         log.exception("execution %s failed", execution_id)

@@ -28,7 +28,7 @@ _CLAIM = text(
         FROM previous
         WHERE e.id = previous.id AND e.lease = :expected_lease
           AND e.status IN ('pending', 'running')
-        RETURNING e.id, e.user_id, e.agent_type, e.input, e.state_snapshot, e.lease,
+        RETURNING e.id, e.user_id, e.agent_type, e.queue, e.input, e.state_snapshot, e.lease,
                   e.chunk_count, e.step_count, e.token_usage, previous.status AS previous_status
     ), status_log AS (
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
@@ -134,6 +134,7 @@ class Claim:
     id: uuid.UUID
     user_id: int
     agent_type: str
+    queue: str
     input: dict[str, Any]
     state_snapshot: dict[str, Any] | None
     messages: list[dict[str, Any]]
@@ -175,6 +176,7 @@ async def claim_execution(
         id=row.id,
         user_id=row.user_id,
         agent_type=row.agent_type,
+        queue=row.queue,
         input=row.input,
         state_snapshot=row.state_snapshot,
         messages=row.messages,
