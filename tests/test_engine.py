@@ -115,21 +115,21 @@ async def test_duplicate_enqueue_runs_nothing_twice(client, alice, run_worker, s
 
 
 async def test_stale_lease_write_is_rejected(db, alice, sessions, client):
-    from app.executions import repository
+    from app.executions import worker_repository
 
     created = await start(client, alice, "steps-3")
     execution_id = uuid.UUID(created["id"])
     autocommit = db.execution_options(isolation_level="AUTOCOMMIT")
     async with autocommit.connect() as conn:
-        first = await repository.claim_execution(conn, execution_id, 0, "worker-a")
+        first = await worker_repository.claim_execution(conn, execution_id, 0, "worker-a")
         assert first is not None
         assert first.lease == 1
         # A second claim with the old lease loses; a recovery claim with the current one wins.
-        assert await repository.claim_execution(conn, execution_id, 0, "worker-b") is None
-        second = await repository.claim_execution(conn, execution_id, 1, "worker-b")
+        assert await worker_repository.claim_execution(conn, execution_id, 0, "worker-b") is None
+        second = await worker_repository.claim_execution(conn, execution_id, 1, "worker-b")
         assert second is not None
         assert second.lease == 2
-        written = await repository.commit_step(
+        written = await worker_repository.commit_step(
             conn,
             execution_id=execution_id,
             lease=first.lease,
@@ -144,8 +144,8 @@ async def test_stale_lease_write_is_rejected(db, alice, sessions, client):
             output={"response": "stale"},
         )
         assert written is None
-        assert not await repository.record_heartbeat(conn, execution_id, first.lease)
-        assert await repository.record_heartbeat(conn, execution_id, second.lease)
+        assert not await worker_repository.record_heartbeat(conn, execution_id, first.lease)
+        assert await worker_repository.record_heartbeat(conn, execution_id, second.lease)
     execution = await load(sessions, created["id"])
     assert execution.status == "running"
     assert execution.step_count == 0
@@ -268,7 +268,7 @@ async def test_events_are_published_after_each_commit(client, alice, run_worker,
 async def test_sweep_recovers_an_execution_whose_worker_died(
     client, alice, run_worker, sessions, db, redis, settings
 ):
-    from app.executions import repository
+    from app.executions import worker_repository
     from app.executions.recovery import sweep
 
     created = await start(client, alice, "steps-3")
@@ -277,7 +277,7 @@ async def test_sweep_recovers_an_execution_whose_worker_died(
     autocommit = db.execution_options(isolation_level="AUTOCOMMIT")
     async with autocommit.connect() as conn:
         # A worker claimed it, then died before its first step.
-        assert await repository.claim_execution(conn, execution_id, 0, "dead-worker")
+        assert await worker_repository.claim_execution(conn, execution_id, 0, "dead-worker")
         await conn.execute(
             text(
                 "UPDATE agent_executions SET heartbeat_at = now() - interval '1 hour' "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
@@ -30,11 +31,7 @@ class Tool(ABC):
     Args: ClassVar[type[BaseModel]]
 
     def spec(self) -> ToolSpec:
-        return ToolSpec(
-            name=self.name,
-            description=self.description,
-            parameters=self.Args.model_json_schema(),
-        )
+        return _spec_of(type(self))
 
     @abstractmethod
     async def run(self, args: BaseModel) -> str:
@@ -54,6 +51,14 @@ class Tool(ABC):
             return await self.run(args)
         except ToolError as exc:
             return f"error: {exc}"
+
+
+@cache
+def _spec_of(tool: type[Tool]) -> ToolSpec:
+    # Building a JSON schema takes milliseconds; every agent built for a job asks for it.
+    return ToolSpec(
+        name=tool.name, description=tool.description, parameters=tool.Args.model_json_schema()
+    )
 
 
 def describe_validation_error(exc: ValidationError) -> str:

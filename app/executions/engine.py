@@ -24,10 +24,10 @@ from app.agents.errors import AgentError
 from app.agents.registry import build_agent
 from app.agents.state import AgentState
 from app.config import Settings
-from app.executions import events, repository
+from app.executions import events, worker_repository
 from app.executions.jobs import enqueue_chunk
-from app.executions.repository import Claim
 from app.executions.status import Status
+from app.executions.worker_repository import Claim
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class ChunkRunner:
             "tokens_used": record.tokens_used,
         }
         async with self.db.connect() as conn:
-            written = await repository.commit_step(
+            written = await worker_repository.commit_step(
                 conn,
                 execution_id=self.id,
                 lease=self.lease,
@@ -168,7 +168,7 @@ class ChunkRunner:
 
     async def _fail(self, error_type: str, message: str) -> None:
         async with self.db.connect() as conn:
-            finished = await repository.finish_execution(
+            finished = await worker_repository.finish_execution(
                 conn,
                 execution_id=self.id,
                 lease=self.lease,
@@ -215,7 +215,7 @@ async def _keep_alive(
         await asyncio.sleep(interval)
         try:
             async with db.connect() as conn:
-                alive = await repository.record_heartbeat(conn, execution_id, lease)
+                alive = await worker_repository.record_heartbeat(conn, execution_id, lease)
         except Exception:
             log.warning("heartbeat for %s failed", execution_id, exc_info=True)
             continue
@@ -228,7 +228,7 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> st
     """The arq job: advance ``execution_id`` if its lease is still ``lease``."""
     settings = ctx["settings"]
     async with ctx["db"].connect() as conn:
-        claim = await repository.claim_execution(
+        claim = await worker_repository.claim_execution(
             conn, uuid.UUID(execution_id), lease, ctx["worker_id"]
         )
     if claim is None:
