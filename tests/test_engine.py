@@ -329,3 +329,17 @@ async def test_nul_characters_from_a_model_are_stored_not_fatal(alice, run_worke
             body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
     assert body["status"] == "completed"
     assert body["output"] == {"response": "bad\ufffdbyte"}
+
+
+async def test_start_enqueues_a_job_arq_recognises(client, alice, redis):
+    from arq.jobs import Job, JobStatus
+
+    from app.executions.jobs import RUN_EXECUTION, job_id
+
+    created = await start(client, alice, "steps-3")
+    job = Job(job_id(created["id"], 0), redis, _queue_name="agents-default")
+    assert await job.status() == JobStatus.queued
+    info = await job.info()
+    assert info is not None
+    assert info.function == RUN_EXECUTION
+    assert info.args == (created["id"], 0)

@@ -1,13 +1,29 @@
-"""Job names and ids. A job id is ``{execution_id}:{lease}``: enqueueing the same chunk twice is
-a no-op in arq, and a job for an old lease finds nothing to claim."""
+"""Job names, ids and enqueueing. A job id is ``{execution_id}:{lease}``: enqueueing the same
+chunk twice is a no-op, and a job for an old lease finds nothing to claim."""
 
 from __future__ import annotations
 
+import hashlib
+import time
 import uuid
+from typing import Any
 
 from arq.connections import ArqRedis
+from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from redis.exceptions import NoScriptError
 
 RUN_EXECUTION = "run_execution"
+
+# arq's enqueue_job (WATCH, EXISTS, MULTI/PSETEX/ZADD/EXEC: three round trips) as one atomic
+# script: one round trip on the start and chunk paths. Same keys and payload as arq writes.
+_ENQUEUE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+_ENQUEUE_SHA = hashlib.sha1(_ENQUEUE_SCRIPT.encode()).hexdigest()
 
 
 def job_id(execution_id: uuid.UUID | str, lease: int) -> str:
@@ -21,11 +37,22 @@ async def enqueue_chunk(
 
     False when a job with that id already exists (queued, running, or its result kept).
     """
-    job = await redis.enqueue_job(
+    job = job_id(execution_id, lease) + suffix
+    now_ms = int(time.time() * 1000)
+    payload = serialize_job(
         RUN_EXECUTION,
-        str(execution_id),
-        lease,
-        _job_id=job_id(execution_id, lease) + suffix,
-        _queue_name=queue,
+        (str(execution_id), lease),
+        {},
+        None,
+        now_ms,
+        serializer=redis.job_serializer,
     )
-    return job is not None
+    keys_and_args: list[Any] = [
+        job_key_prefix + job, result_key_prefix + job, queue,
+        expires_extra_ms, payload, now_ms, job,
+    ]  # fmt: skip
+    try:
+        added = await redis.evalsha(_ENQUEUE_SHA, 3, *keys_and_args)  # type: ignore[misc]
+    except NoScriptError:
+        added = await redis.eval(_ENQUEUE_SCRIPT, 3, *keys_and_args)  # type: ignore[misc]
+    return bool(added)
