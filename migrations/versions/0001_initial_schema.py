@@ -101,6 +101,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_agent_executions")),
+        postgresql_with={"fillfactor": 70},
     )
     op.create_index(
         "ix_agent_executions_awaiting_event",
@@ -113,9 +114,9 @@ def upgrade() -> None:
         op.f("ix_agent_executions_parent_id"), "agent_executions", ["parent_id"], unique=False
     )
     op.create_index(
-        "ix_agent_executions_running_heartbeat",
+        "ix_agent_executions_running",
         "agent_executions",
-        ["heartbeat_at"],
+        ["id"],
         unique=False,
         postgresql_where=sa.text("status = 'running'"),
     )
@@ -266,7 +267,7 @@ def downgrade() -> None:
     op.drop_index("ix_agent_executions_user_id_created_at", table_name="agent_executions")
     op.drop_index("ix_agent_executions_status_created_at", table_name="agent_executions")
     op.drop_index(
-        "ix_agent_executions_running_heartbeat",
+        "ix_agent_executions_running",
         table_name="agent_executions",
         postgresql_where=sa.text("status = 'running'"),
     )
