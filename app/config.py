@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     config_file: Path | None = None
     data_dir: Path = Path(".data")
     workspace_base: Path = Path(".data/workspaces")
-    db_pool_size: PositiveInt = 10
+    db_pool_size: PositiveInt = 20
     tiers: dict[Tier, TierLimits] = Field(default_factory=_default_tiers)
     queues: Queues = Field(default_factory=Queues)
     timeouts: Timeouts = Field(default_factory=Timeouts)

@@ -17,10 +17,16 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def open_context(settings: Settings) -> dict[str, Any]:
-    """Engine (autocommit: each worker statement is its own transaction), HTTP client, settings."""
+async def open_context(settings: Settings, concurrency: int) -> dict[str, Any]:
+    """Engine (autocommit: each worker statement is its own transaction), HTTP client, settings.
+
+    The pool holds a connection for every job that can run at once (``concurrency``): connections
+    beyond the pool size are closed when returned, and opening PostgreSQL connections per step
+    costs more than the step.
+    """
     assert settings.database_url, "database_url must be resolved before workers start"
-    db = create_engine(settings.database_url, pool_size=settings.db_pool_size).execution_options(
+    pool_size = max(settings.db_pool_size, concurrency)
+    db = create_engine(settings.database_url, pool_size=pool_size).execution_options(
         isolation_level="AUTOCOMMIT"
     )
     return {

@@ -27,7 +27,7 @@ class WorkerGroup:
 
     async def run(self, *, handle_signals: bool = True) -> None:
         assert self.settings.redis_url, "redis_url must be resolved before workers start"
-        ctx = await open_context(self.settings)
+        ctx = await open_context(self.settings, self.settings.worker.max_jobs * len(self.queues))
         redis_settings = RedisSettings.from_dsn(self.settings.redis_url)
         tuning = self.settings.worker
         for index, queue in enumerate(self.queues):
