@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from arq.connections import ArqRedis
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.agents.errors import MissingApiKey
@@ -37,7 +38,7 @@ class AgentManager:
         agent_type: str,
         input: dict[str, Any],
         metadata: dict[str, Any] | None = None,
-    ) -> Execution:
+    ) -> Row[Any]:
         """Record a pending execution; its first job is enqueued once the row is committed."""
         spec = self.settings.agent_types.get(agent_type)
         if spec is None:
@@ -53,7 +54,7 @@ class AgentManager:
                 f"Agent type {agent_type!r} cannot run: {exc}", missing_setting=spec.api_key_env
             ) from exc
         await check_start_allowed(session, user.id, user.tier, self.settings.tier_limits(user.tier))
-        execution, created = await repository.insert_execution(
+        execution = await repository.insert_execution(
             session,
             user_id=user.id,
             agent_type=agent_type,
@@ -63,7 +64,7 @@ class AgentManager:
         )
         event = events.status_changed(
             execution.id,
-            created.id,
+            execution.log_id,
             Status.PENDING,
             step_count=0,
             token_usage=0,

@@ -5,10 +5,32 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Row, bindparam, func, select, text
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.executions.models import Execution, ExecutionLog
+
+_INSERT_EXECUTION = text(
+    """
+    WITH execution AS (
+        INSERT INTO agent_executions (id, user_id, agent_type, queue, input, metadata, status)
+        VALUES (:id, :user_id, :agent_type, :queue, :input, :metadata, 'pending')
+        RETURNING *
+    ), created AS (
+        INSERT INTO agent_logs (execution_id, level, event_type, message, context)
+        SELECT id, 'info', 'status_changed', 'Execution created',
+               '{"from": null, "to": "pending"}'::jsonb
+        FROM execution
+        RETURNING id
+    )
+    SELECT execution.*, created.id AS log_id FROM execution, created
+    """
+).bindparams(
+    bindparam("id", type_=UUID(as_uuid=True)),
+    bindparam("input", type_=JSONB),
+    bindparam("metadata", type_=JSONB),
+)
 
 
 async def insert_execution(
@@ -19,27 +41,21 @@ async def insert_execution(
     queue: str,
     input: dict[str, Any],
     metadata: dict[str, Any],
-) -> tuple[Execution, ExecutionLog]:
-    """A new pending execution and its first ``status_changed`` log."""
-    execution = Execution(
-        id=uuid.uuid4(),
-        user_id=user_id,
-        agent_type=agent_type,
-        queue=queue,
-        input=input,
-        metadata_=metadata,
-        status="pending",
+) -> Row[Any]:
+    """A new pending execution and its first ``status_changed`` log (``log_id``), in one
+    statement: this is on every start's path."""
+    result = await session.execute(
+        _INSERT_EXECUTION,
+        {
+            "id": uuid.uuid4(),
+            "user_id": user_id,
+            "agent_type": agent_type,
+            "queue": queue,
+            "input": input,
+            "metadata": metadata,
+        },
     )
-    log = ExecutionLog(
-        execution_id=execution.id,
-        level="info",
-        event_type="status_changed",
-        message="Execution created",
-        context={"from": None, "to": "pending"},
-    )
-    session.add_all([execution, log])
-    await session.flush()
-    return execution, log
+    return result.one()
 
 
 async def get_execution(
