@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
 from app.config import Settings, WorkerTuning
 from app.db import create_engine, session_factory
-from app.main import create_app
 from app.redis import arq_pool
+from tests.fixtures.api import api_client
 from tests.fixtures.services import recreate_database, redis_url, server_url, worker_index
 from tests.fixtures.users import Account, make_account
 from workers.runner import WorkerGroup
@@ -151,11 +151,8 @@ async def redis(settings: Settings, clean_state: None) -> AsyncIterator[ArqRedis
 
 @pytest.fixture
 async def client(settings: Settings, clean_state: None) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            yield http
+    async with api_client(settings) as http:
+        yield http
 
 
 @pytest.fixture

@@ -5,16 +5,11 @@ import uuid
 from sqlalchemy import select, text
 
 from app.executions.models import Execution, ExecutionLog, ExecutionMessage
+from tests.fixtures.api import run_to_end, start_execution
 
 
 async def start(client, account, agent_type: str = "demo", prompt: str = "hello world") -> dict:
-    response = await client.post(
-        "/api/agents",
-        json={"agent_type": agent_type, "input": {"prompt": prompt}},
-        headers=account.headers,
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
+    return await start_execution(client, account.headers, agent_type, prompt)
 
 
 async def test_demo_agent_completes_with_what_it_read(
@@ -186,18 +181,7 @@ async def test_model_error_fails_the_execution_without_a_traceback(
     broken = scripted_type(3)
     broken.script = broken.script[:1]  # runs out after one step
     settings = make_settings(agent_types={"broken": broken})
-    import httpx
-
-    from app.main import create_app
-
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
-    ):
-        created = await start(http, alice, "broken")
-        await run_worker(settings)
-        body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+    body = await run_to_end(settings, alice.headers, "broken", run_worker)
     assert body["status"] == "failed"
     assert body["error"]["type"] == "script_exhausted"
     assert "Traceback" not in str(body)
@@ -208,20 +192,10 @@ async def test_model_error_fails_the_execution_without_a_traceback(
 async def test_step_limit_fails_with_error_naming_the_limit(
     client, alice, run_worker, make_settings
 ):
-    import httpx
-
-    from app.main import create_app
     from tests.conftest import scripted_type
 
     settings = make_settings(agent_types={"capped": scripted_type(10, max_steps=4)})
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http,
-    ):
-        created = await start(http, alice, "capped")
-        await run_worker(settings)
-        body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+    body = await run_to_end(settings, alice.headers, "capped", run_worker)
     assert body["status"] == "failed"
     assert body["error"]["type"] == "max_steps_exceeded"
     assert body["step_count"] == 4
@@ -311,22 +285,13 @@ async def test_sweep_requeues_a_pending_execution_whose_job_redis_lost(
 
 
 async def test_nul_characters_from_a_model_are_stored_not_fatal(alice, run_worker, make_settings):
-    import httpx
-
     from app.agents.spec import AgentTypeSpec, ScriptedTurn
-    from app.main import create_app
 
     spec = AgentTypeSpec(
         provider="scripted", api_key_env=None, script=[ScriptedTurn(content="bad\x00byte")]
     )
     settings = make_settings(agent_types={"nul": spec})
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            created = await start(http, alice, "nul", "a\x00b")
-            await run_worker(settings)
-            body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+    body = await run_to_end(settings, alice.headers, "nul", run_worker, "a\x00b")
     assert body["status"] == "completed"
     assert body["output"] == {"response": "bad\ufffdbyte"}
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import httpx
-
 from app.agents.spec import AgentTypeSpec
-from app.main import create_app
+from tests.fixtures.api import api_client, run_to_end
 from tests.fixtures.openai_server import error_body, fake_openai, fake_openai_server, tool_call
-from tests.test_engine import start
 
 __all__ = ["fake_openai", "fake_openai_server"]
 
@@ -26,16 +23,7 @@ def openai_type(base_url: str) -> AgentTypeSpec:
 async def run(make_settings, run_worker, account, fake, monkeypatch) -> dict:
     monkeypatch.setenv("TEST_OPENAI_KEY", "sk-secret-test-key")
     settings = make_settings(agent_types={"remote": openai_type(fake.base_url)})
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            created = await start(http, account, "remote", "write hi to a.txt")
-            await run_worker(settings)
-            body: dict = (
-                await http.get(f"/api/agents/{created['id']}", headers=account.headers)
-            ).json()
-    return body
+    return await run_to_end(settings, account.headers, "remote", run_worker, "write hi to a.txt")
 
 
 async def test_execution_runs_tool_calls_through_the_openai_protocol(
@@ -74,14 +62,11 @@ async def test_provider_error_fails_the_execution_without_leaking_the_key(
 async def test_type_without_its_key_is_refused_at_start(make_settings, alice, monkeypatch):
     monkeypatch.delenv("TEST_OPENAI_KEY", raising=False)
     settings = make_settings(agent_types={"remote": openai_type("http://127.0.0.1:9/v1")})
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            response = await http.post(
-                "/api/agents",
-                json={"agent_type": "remote", "input": {"prompt": "x"}},
-                headers=alice.headers,
-            )
+    async with api_client(settings) as http:
+        response = await http.post(
+            "/api/agents",
+            json={"agent_type": "remote", "input": {"prompt": "x"}},
+            headers=alice.headers,
+        )
     assert response.status_code == 422
     assert response.json()["missing_setting"] == "TEST_OPENAI_KEY"

@@ -17,15 +17,24 @@ from sqlalchemy import select
 
 from app.executions.models import Execution
 from app.executions.recovery import sweep
+from tests.conftest import scripted_type
+from tests.fixtures.api import api_client
 from tests.test_engine import start, step_numbers
 
-SLOW_TYPE = """
-[agent_types.crashy]
-provider = "scripted"
-api_key_env = ""
-capabilities = ["files"]
-{turns}
-"""
+
+def slow_type_config(tmp_path: Path, *, steps: int, delay: float) -> Path:
+    """A TOML file defining ``crashy``, as ``scripted_type(steps, delay)`` does in process."""
+    turns = [
+        '[[agent_types.crashy.script.tool_calls]]\nname = "list_files"\n' for _ in range(steps - 1)
+    ] + ['content = "done"\n']
+    config = tmp_path / "agents.toml"
+    config.write_text(
+        '[agent_types.crashy]\nprovider = "scripted"\napi_key_env = ""\ncapabilities = ["files"]\n'
+        + "".join(
+            f"[[agent_types.crashy.script]]\ndelay_seconds = {delay}\n{turn}" for turn in turns
+        )
+    )
+    return config
 
 
 def agents(
@@ -80,17 +89,7 @@ async def test_invalid_setting_stops_the_command_naming_the_key(settings, tmp_pa
 async def test_work_survives_a_worker_killed_mid_step(
     settings, tmp_path, client, alice, sessions, db, redis, run_worker, make_settings
 ):
-    turns = "".join(
-        "[[agent_types.crashy.script]]\ndelay_seconds = 0.2\n"
-        + (
-            'content = "done"\n'
-            if i == 5
-            else '[[agent_types.crashy.script.tool_calls]]\nname = "list_files"\n'
-        )
-        for i in range(6)
-    )
-    config = tmp_path / "agents.toml"
-    config.write_text(SLOW_TYPE.format(turns=turns))
+    config = slow_type_config(tmp_path, steps=6, delay=0.2)
     env = service_env(
         settings,
         tmp_path,
@@ -98,18 +97,11 @@ async def test_work_survives_a_worker_killed_mid_step(
         AGENTS_WORKER__HEARTBEAT_INTERVAL="0.2",
         AGENTS_WORKER__POLL_DELAY="0.01",
     )
-    os.environ["AGENTS_CONFIG_FILE"] = str(config)
-    try:
-        crash_settings = make_settings(worker={"stale_after": 0.5, "poll_delay": 0.01})
-    finally:
-        del os.environ["AGENTS_CONFIG_FILE"]
-    from app.main import create_app
-
-    app = create_app(crash_settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            created = await start(http, alice, "crashy")
+    crash_settings = make_settings(
+        agent_types={"crashy": scripted_type(6, delay=0.2)}, worker={"stale_after": 0.5}
+    )
+    async with api_client(crash_settings) as http:
+        created = await start(http, alice, "crashy")
     worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
     try:
         for _ in range(300):
@@ -198,30 +190,11 @@ async def test_dev_command_serves_on_embedded_servers_and_stops_cleanly(tmp_path
 async def test_stopping_a_worker_hands_its_execution_over_at_once(
     settings, tmp_path, alice, sessions, run_worker, make_settings
 ):
-    config = tmp_path / "agents.toml"
-    turns = "".join(
-        "[[agent_types.crashy.script]]\ndelay_seconds = 0.3\n"
-        + (
-            'content = "done"\n'
-            if i == 3
-            else '[[agent_types.crashy.script.tool_calls]]\nname = "list_files"\n'
-        )
-        for i in range(4)
-    )
-    config.write_text(SLOW_TYPE.format(turns=turns))
+    config = slow_type_config(tmp_path, steps=4, delay=0.3)
     env = service_env(settings, tmp_path, AGENTS_CONFIG_FILE=str(config))
-    os.environ["AGENTS_CONFIG_FILE"] = str(config)
-    try:
-        own_settings = make_settings()
-    finally:
-        del os.environ["AGENTS_CONFIG_FILE"]
-    from app.main import create_app
-
-    app = create_app(own_settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            created = await start(http, alice, "crashy")
+    own_settings = make_settings(agent_types={"crashy": scripted_type(4, delay=0.3)})
+    async with api_client(own_settings) as http:
+        created = await start(http, alice, "crashy")
     worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
     try:
         for _ in range(300):
