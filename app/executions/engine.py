@@ -108,7 +108,7 @@ class ChunkRunner:
                 if state.stop_reason == "final_answer":
                     return
                 if steps >= self.settings.limits.chunk_size:
-                    await enqueue_chunk(self.redis, self.id, self.lease, self.claim.queue)
+                    await self._enqueue_next_chunk()
                     return
         finally:
             await iterator.aclose()
@@ -117,6 +117,14 @@ class ChunkRunner:
         await self._fail(
             error_type, f"stopped by the {reason} limit after {state.step_count} steps"
         )
+
+    async def _enqueue_next_chunk(self) -> None:
+        try:
+            await enqueue_chunk(self.redis, self.id, self.lease, self.claim.queue)
+        except Exception:
+            # The checkpoint is committed; the sweep re-enqueues a running execution whose next
+            # job is missing once its heartbeat is stale. Redis trouble delays, never fails it.
+            log.warning("could not enqueue the next chunk of %s", self.id, exc_info=True)
 
     async def _commit(self, record: StepRecord, persisted: int) -> int:
         state = record.state
@@ -193,7 +201,11 @@ class ChunkRunner:
         if isinstance(exc, AgentError):
             await self._fail(exc.error_type, str(exc))
         else:
-            await self._fail("internal_error", f"{type(exc).__name__}: {exc}")
+            # Internal details (driver messages, paths) stay in the worker log.
+            await self._fail(
+                "internal_error",
+                f"the worker hit an unexpected {type(exc).__name__}; see the worker log",
+            )
 
     async def _publish(self, *published: events.Event) -> None:
         """Tell subscribers; the database already has it, so a Redis hiccup only delays them."""

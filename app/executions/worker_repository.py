@@ -95,9 +95,12 @@ _FINISH = """
     FROM execution JOIN status_log ON true
 """
 
+# Only the lease decides whether the worker still owns the execution: right after the final
+# step committed (status completed) the heartbeat must not read as a lost lease.
 _HEARTBEAT = """
-    UPDATE agent_executions SET heartbeat_at = now()
-    WHERE id = $1 AND lease = $2 AND status = 'running'
+    UPDATE agent_executions
+    SET heartbeat_at = CASE WHEN status = 'running' THEN now() ELSE heartbeat_at END
+    WHERE id = $1 AND lease = $2
 """
 
 

@@ -1,0 +1,142 @@
+"""The sweep and the engine under Redis trouble: work is delayed, never lost or failed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from sqlalchemy import text
+
+from app.executions import worker_repository
+from app.executions.engine import run_execution
+from app.executions.jobs import job_id
+from app.executions.recovery import sweep
+from tests.test_engine import load, start, step_numbers
+from workers.context import close_context, open_context
+
+STALE = text("UPDATE agent_executions SET heartbeat_at = now() - interval '1 hour' WHERE id = :id")
+
+
+async def claimed_by_a_dead_worker(client, account, db, redis, agent_type="steps-3") -> uuid.UUID:
+    """An execution a worker claimed and then died with: running, stale, no job queued."""
+    created = await start(client, account, agent_type)
+    execution_id = uuid.UUID(created["id"])
+    await redis.delete(job_key_prefix + job_id(execution_id, 0))
+    await redis.delete("agents-default")
+    async with db.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+        assert await worker_repository.claim_execution(conn, execution_id, 0, "dead")
+        await conn.execute(STALE, {"id": execution_id})
+    return execution_id
+
+
+async def test_redis_failure_at_a_chunk_boundary_delays_but_does_not_fail(
+    client, alice, db, redis, sessions, settings, run_worker
+):
+    created = await start(client, alice, "steps-25")
+    execution_id = uuid.UUID(created["id"])
+    ctx = await open_context(settings, concurrency=1)
+    # A real client for a Redis nobody listens on: publishing and enqueueing both fail.
+    ctx["redis"] = ArqRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    try:
+        assert await run_execution(ctx, created["id"], 0) == "ok"  # type: ignore[arg-type]
+    finally:
+        await close_context(ctx)
+    execution = await load(sessions, created["id"])
+    assert (execution.status, execution.step_count) == ("running", 10)
+    async with db.begin() as conn:
+        await conn.execute(STALE, {"id": execution_id})
+    await redis.delete("agents-default")  # the first job was run by hand above
+    assert (await sweep(db, redis, settings)).recovered == 1
+    await run_worker()
+    assert (await load(sessions, created["id"])).status == "completed"
+    assert await step_numbers(sessions, created["id"]) == list(range(1, 26))
+
+
+async def test_repeated_sweeps_wait_for_a_queued_recovery_job(client, alice, db, redis, settings):
+    execution_id = await claimed_by_a_dead_worker(client, alice, db, redis)
+    assert (await sweep(db, redis, settings)).recovered == 1
+    for _ in range(settings.worker.max_recoveries + 2):
+        async with db.begin() as conn:
+            await conn.execute(STALE, {"id": execution_id})
+        report = await sweep(db, redis, settings)
+        assert (report.recovered, report.failed) == (0, 0)
+    execution = await load(db_sessions(db), str(execution_id))
+    assert (execution.status, execution.recovery_count) == ("running", 1)
+
+
+async def test_concurrent_sweeps_recover_once(client, alice, db, redis, settings, run_worker):
+    execution_id = await claimed_by_a_dead_worker(client, alice, db, redis)
+    reports = await asyncio.gather(*(sweep(db, redis, settings) for _ in range(4)))
+    assert sum(r.recovered for r in reports) == 1
+    assert sum(r.failed for r in reports) == 0
+    await run_worker()
+    execution = await load(db_sessions(db), str(execution_id))
+    assert (execution.status, execution.recovery_count) == ("completed", 1)
+
+
+async def test_sweep_gives_up_after_max_recoveries_and_says_so(client, alice, db, redis, settings):
+    execution_id = await claimed_by_a_dead_worker(client, alice, db, redis)
+    async with db.begin() as conn:
+        await conn.execute(
+            text("UPDATE agent_executions SET recovery_count = :n WHERE id = :id"),
+            {"n": settings.worker.max_recoveries, "id": execution_id},
+        )
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(f"agent.{execution_id}")
+    assert (await sweep(db, redis, settings)).failed == 1
+    message = None
+    for _ in range(20):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if message:
+            break
+    await pubsub.aclose()
+    assert message is not None
+    event = json.loads(message["data"])
+    assert (event["event"], event["data"]["status"]) == ("status.changed", "failed")
+    execution = await load(db_sessions(db), str(execution_id))
+    assert execution.status == "failed"
+    assert execution.error == {
+        "type": "worker_lost",
+        "message": "the workers running it stopped responding",
+    }
+    assert (await sweep(db, redis, settings)).failed == 0
+
+
+async def test_pending_execution_whose_first_job_failed_is_requeued(
+    client, alice, db, redis, settings, run_worker
+):
+    created = await start(client, alice, "steps-3")
+    first_job = job_id(created["id"], 0)
+    # As arq leaves a job that raised: no job, no queue entry, a kept result under its id.
+    await redis.delete(job_key_prefix + first_job, "agents-default")
+    await redis.set(result_key_prefix + first_job, b"failed", ex=3600)
+    async with db.begin() as conn:
+        await conn.execute(
+            text("UPDATE agent_executions SET updated_at = now() - interval '1 hour'")
+        )
+    reports = await asyncio.gather(*(sweep(db, redis, settings) for _ in range(3)))
+    assert sum(r.requeued for r in reports) == 1
+    await run_worker()
+    assert (await load(db_sessions(db), created["id"])).status == "completed"
+
+
+def db_sessions(db):
+    from app.db import session_factory
+
+    return session_factory(db)
+
+
+async def test_heartbeat_after_the_final_step_is_not_a_lost_lease(
+    client, alice, db, run_worker, sessions
+):
+    created = await start(client, alice, "steps-3")
+    await run_worker()
+    execution = await load(sessions, created["id"])
+    assert execution.status == "completed"
+    async with db.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+        assert await worker_repository.record_heartbeat(conn, execution.id, execution.lease)
+        assert not await worker_repository.record_heartbeat(conn, execution.id, execution.lease - 1)
+    assert (await load(sessions, created["id"])).heartbeat_at == execution.heartbeat_at
