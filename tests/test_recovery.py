@@ -9,7 +9,9 @@ import uuid
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from app.db import session_factory
 from app.executions import worker_repository
 from app.executions.engine import run_execution
 from app.executions.jobs import job_id
@@ -123,9 +125,7 @@ async def test_pending_execution_whose_first_job_failed_is_requeued(
     assert (await load(db_sessions(db), created["id"])).status == "completed"
 
 
-def db_sessions(db):
-    from app.db import session_factory
-
+def db_sessions(db: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return session_factory(db)
 
 
