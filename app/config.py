@@ -87,7 +87,6 @@ def _builtin_agent_types() -> dict[str, AgentTypeSpec]:
             system_prompt="You are a careful senior software engineer working in a repository.",
             capabilities=["files"],
             queue="agents-default",
-            timeout=600,
             max_steps=50,
         ),
         "research": AgentTypeSpec(
@@ -95,7 +94,6 @@ def _builtin_agent_types() -> dict[str, AgentTypeSpec]:
             system_prompt="You are a meticulous researcher. Cite what you find.",
             capabilities=["files"],
             queue="agents-long",
-            timeout=1800,
             max_steps=100,
         ),
         "code-review": AgentTypeSpec(
@@ -132,6 +130,22 @@ class Settings(BaseSettings):
     worker: WorkerTuning = Field(default_factory=WorkerTuning)
     agent_types: dict[str, AgentTypeSpec] = Field(default_factory=dict)
 
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _merge_default_tiers(cls, value: Any) -> Any:
+        """Configuring one tier, or one limit of a tier, keeps the defaults of the rest."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {name: t.model_dump() for name, t in _default_tiers().items()}
+        for name, override in value.items():
+            if isinstance(override, TierLimits):
+                override = override.model_dump()
+            if name in merged and isinstance(override, dict):
+                merged[name] = {**merged[name], **override}
+            else:
+                merged[name] = override
+        return merged
+
     @field_validator("agent_types", mode="before")
     @classmethod
     def _merge_builtin_agent_types(cls, value: Any) -> Any:
@@ -160,15 +174,28 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _cap_agent_types_by_limits(self) -> Settings:
-        """``limits.max_steps`` / ``limits.max_tokens`` are ceilings for every agent type."""
-        for name, spec in self.agent_types.items():
-            self.agent_types[name] = spec.model_copy(
-                update={
-                    "max_steps": min(spec.max_steps, self.limits.max_steps),
-                    "max_tokens": min(spec.max_tokens, self.limits.max_tokens),
-                }
+    def _check_worker_timing(self) -> Settings:
+        if self.worker.heartbeat_interval >= self.worker.stale_after:
+            raise ValueError(
+                "worker.heartbeat_interval must be shorter than worker.stale_after, or the sweep "
+                "takes healthy executions away from their workers"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _apply_limits_to_agent_types(self) -> Settings:
+        """``limits.max_steps`` / ``limits.max_tokens`` are ceilings for every agent type; a type
+        without its own ``timeout`` gets ``timeouts.long`` on the long queue, else
+        ``timeouts.default``."""
+        for name, spec in self.agent_types.items():
+            update: dict[str, Any] = {
+                "max_steps": min(spec.max_steps, self.limits.max_steps),
+                "max_tokens": min(spec.max_tokens, self.limits.max_tokens),
+            }
+            if "timeout" not in spec.model_fields_set:
+                is_long = spec.queue == self.queues.long
+                update["timeout"] = self.timeouts.long if is_long else self.timeouts.default
+            self.agent_types[name] = spec.model_copy(update=update)
         return self
 
     @classmethod
@@ -217,5 +244,7 @@ def describe_settings_error(error: Exception) -> str:
     lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
-        lines.append(f"invalid setting {key}: {item['msg']}")
+        lines.append(
+            f"invalid setting {key}: {item['msg']}" if key else f"invalid settings: {item['msg']}"
+        )
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -25,6 +26,8 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+
+log = logging.getLogger(__name__)
 
 AFTER_COMMIT = "after_commit"
 
@@ -60,6 +63,8 @@ def json_serializer(value: object) -> str:
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         async_url(url),
+        # The tier check relies on it: a statement sees rows committed before it started.
+        isolation_level="READ COMMITTED",
         pool_size=pool_size,
         max_overflow=pool_size,
         json_serializer=json_serializer,
@@ -79,4 +84,9 @@ async def transaction(
         async with session.begin():
             yield session
         for callback in session.info.pop(AFTER_COMMIT, []):
-            await callback()
+            try:
+                await callback()
+            except Exception:
+                # The transaction is committed: what the callback does (enqueue, publish) is
+                # recovered by the sweep, so the caller still succeeded.
+                log.exception("after-commit callback %r failed", callback)

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import hashlib
 import logging
+import re
 import socket
 import subprocess
 import tempfile
@@ -37,6 +38,8 @@ def start_postgres(data_dir: Path, database: str = DATABASE_NAME) -> str:
         warnings.simplefilter("ignore")
         from pgserver.postgres_server import get_server
 
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", database):
+        raise ValueError(f"not a plain database name: {database!r}")
     pgdata = (data_dir / "postgres").resolve()
     pgdata.mkdir(parents=True, exist_ok=True)
     server = get_server(pgdata, cleanup_mode="stop")

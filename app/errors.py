@@ -12,20 +12,25 @@
     └── ServiceUnavailable        503  a backing service (database, Redis) is unreachable
 
 Payload validation failures (FastAPI's ``RequestValidationError``) are rendered as 422 problems
-with an ``errors`` member; unknown routes and methods as 404/405 problems.
+with an ``errors`` member; unknown routes and methods as 404/405 problems; a value the database
+refuses as a 422 problem; anything unexpected as a 500 problem (the trace goes to the log).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+log = logging.getLogger(__name__)
 
 
 class Problem(BaseModel):
@@ -161,7 +166,27 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    return problem_response(
+        {
+            "type": "/problems/invalid-value",
+            "title": "Invalid value",
+            "status": 422,
+            "detail": "A value in the request cannot be stored.",
+        }
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        {"type": "/problems/internal-error", "title": "Internal error", "status": 500}
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(DataError, _data_error)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -207,3 +207,39 @@ async def test_hourly_limit_counts_finished_executions(client, sessions, run_wor
         )
     )
     assert sorted(r.status_code for r in responses) == [201] * 5 + [429] * 7
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"agent_type": "demo", "input": {"prompt": "x"}, "metadata": {"n": NaN}}',
+        b'{"agent_type": "demo", "input": {"prompt": "x", "n": Infinity}}',
+        b'{"agent_type": "demo", "input": {"prompt": "x"}, "metadata": {"s": "\\udc00"}}',
+        b'{"agent_type": "demo", "input": {"prompt": "x"}, "metadata": {"big": "'
+        + b"x" * 70_000
+        + b'"}}',
+    ],
+)
+async def test_values_postgres_cannot_store_are_422_not_500(client, alice, body):
+    response = await client.post(
+        "/api/agents", content=body, headers={**alice.headers, "content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert (await client.get("/api/agents", headers=alice.headers)).json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["level=%00", "event_type=a%00b", f"after_id={2**63}", "limit=0", "limit=1001"],
+)
+async def test_bad_log_queries_are_422(client, alice, query):
+    created = await start(client, alice)
+    response = await client.get(f"/api/agents/{created['id']}/logs?{query}", headers=alice.headers)
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_huge_page_number_is_422(client, alice):
+    response = await client.get("/api/agents?page=100000000000", headers=alice.headers)
+    assert response.status_code == 422

@@ -209,10 +209,12 @@ async def test_events_are_published_after_each_commit(client, alice, run_worker,
     created = await start(client, alice, "steps-3")
     await run_worker()
     received = []
-    while len(received) < 6:
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+    for _ in range(50):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
         if message is not None:
             received.append(json.loads(message["data"]))
+        if len(received) == 6:
+            break
     await pubsub.aclose()
     names = [
         (m["event"], m["data"].get("status") or m["data"].get("step_number")) for m in received

@@ -51,7 +51,8 @@ async def test_execution_runs_tool_calls_through_the_openai_protocol(
 async def test_provider_error_fails_the_execution_without_leaking_the_key(
     make_settings, run_worker, alice, fake_openai, monkeypatch
 ):
-    fake_openai.enqueue(401, error_body("invalid api key"))
+    # Some servers echo the key they were sent; it must not reach the execution's error.
+    fake_openai.enqueue(401, error_body("invalid api key sk-secret-test-key"))
     body = await run(make_settings, run_worker, alice, fake_openai, monkeypatch)
     assert body["status"] == "failed"
     assert body["error"]["type"] == "provider_error"

@@ -77,3 +77,32 @@ def test_invalid_settings_name_the_key(tmp_path, monkeypatch):
     with pytest.raises(ValidationError) as caught:
         Settings()
     assert "limits.chunk_size" in describe_settings_error(caught.value)
+
+
+def test_configuring_one_tier_keeps_the_others(monkeypatch):
+    monkeypatch.delenv("AGENTS_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("AGENTS_TIERS__PRO__CONCURRENT", "10")
+    settings = Settings()
+    assert settings.tier_limits("pro").concurrent == 10
+    assert settings.tier_limits("pro").per_hour == 100
+    assert settings.tier_limits("free").concurrent == 1
+    assert settings.tier_limits("enterprise").per_hour == 1000
+
+
+def test_heartbeat_must_be_shorter_than_staleness(monkeypatch):
+    monkeypatch.delenv("AGENTS_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("AGENTS_WORKER__HEARTBEAT_INTERVAL", "90")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert "heartbeat_interval" in describe_settings_error(caught.value)
+
+
+def test_agent_types_without_a_timeout_follow_the_queue_timeouts(monkeypatch):
+    monkeypatch.delenv("AGENTS_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("AGENTS_TIMEOUTS__DEFAULT", "120")
+    monkeypatch.setenv("AGENTS_TIMEOUTS__LONG", "3600")
+    settings = Settings()
+    assert settings.agent_types["code-assistant"].timeout == 120
+    assert settings.agent_types["research"].timeout == 3600
+    assert settings.agent_types["code-review"].timeout == 300  # its own
+    assert settings.job_timeout() == 3600 + 60

@@ -28,6 +28,7 @@ router = APIRouter(prefix="/api/agents", tags=["executions"])
 
 _AUTH: dict[int | str, dict[str, Any]] = {**Unauthorized.openapi()}
 _LATEST_LOGS = 50
+_NAME = r"^[a-z_]+$"
 
 
 @router.post(
@@ -69,7 +70,7 @@ async def list_executions(
     user: CurrentUser,
     session: SessionDep,
     status: Status | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> ExecutionPage:
     items, total = await repository.list_executions(
@@ -114,9 +115,9 @@ async def list_execution_logs(
     execution_id: uuid.UUID,
     user: CurrentUser,
     session: SessionDep,
-    after_id: Annotated[int | None, Query(ge=0)] = None,
-    level: Annotated[str | None, Query(max_length=10)] = None,
-    event_type: Annotated[str | None, Query(max_length=50)] = None,
+    after_id: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
+    level: Annotated[str | None, Query(max_length=10, pattern=_NAME)] = None,
+    event_type: Annotated[str | None, Query(max_length=50, pattern=_NAME)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[LogEntry]:
     execution = await get_visible_execution(session, user, execution_id)

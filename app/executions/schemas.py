@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from app.executions.status import Status
 
@@ -17,12 +18,32 @@ class ExecutionInput(BaseModel):
     prompt: str = Field(min_length=1, max_length=200_000)
 
 
+MAX_INPUT_BYTES = 1_000_000
+MAX_METADATA_BYTES = 64_000
+
+
+def _storable_size(value: Any, what: str) -> int:
+    """Bytes of ``value`` as stored JSON; refuses what PostgreSQL's jsonb cannot hold."""
+    try:
+        return len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode())
+    except ValueError as exc:  # NaN/Infinity, or a lone surrogate that is not UTF-8
+        raise ValueError(f"{what} must be plain JSON: {exc}") from None
+
+
 class StartExecution(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent_type: str = Field(min_length=1, max_length=100, examples=["demo"])
     input: ExecutionInput
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fits_storage(self) -> StartExecution:
+        if _storable_size(self.input.model_dump(), "input") > MAX_INPUT_BYTES:
+            raise ValueError(f"input is larger than {MAX_INPUT_BYTES} bytes as JSON")
+        if _storable_size(self.metadata, "metadata") > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
+        return self
 
 
 class Usage(BaseModel):
