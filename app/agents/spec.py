@@ -6,7 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
 
-Provider = Literal["openai", "scripted"]
+Provider = Literal["openai", "anthropic", "scripted"]
+Capability = Literal["bash", "files", "tasks", "ask_user", "subagents"]
 
 
 class ScriptedToolCall(BaseModel):
@@ -45,7 +46,7 @@ class AgentTypeSpec(BaseModel):
     base_url: str = "https://api.openai.com/v1"
     api_key_env: str | None = "OPENAI_API_KEY"
     system_prompt: str = "You are a helpful assistant."
-    capabilities: list[Literal["files"]] = Field(default_factory=list)
+    capabilities: list[Capability] = Field(default_factory=list)
     queue: str = "agents-default"
     max_steps: PositiveInt = 100
     max_tokens: PositiveInt = 100_000
@@ -53,6 +54,10 @@ class AgentTypeSpec(BaseModel):
     request_timeout: PositiveFloat = 120.0
     max_retries: int = Field(default=4, ge=0)
     script: list[ScriptedTurn] = Field(default_factory=list)
+    bash_timeout: PositiveFloat = 60.0
+    subagents: list[str] = Field(default_factory=list)
+    max_depth: int = Field(default=3, ge=0)
+    summary_max_chars: PositiveInt = 12_000
 
     @field_validator("api_key_env", mode="before")
     @classmethod
