@@ -11,6 +11,7 @@ import httpx
 from app.config import Settings
 from app.db import create_engine
 from app.executions.engine import WorkerContext
+from app.executions.interrupts import RunningChunks
 
 
 def worker_id() -> str:
@@ -34,6 +35,7 @@ async def open_context(settings: Settings, concurrency: int) -> dict[str, Any]:
         "db": db,
         "http": httpx.AsyncClient(),
         "worker_id": worker_id(),
+        "running": RunningChunks(),
     }
 
 

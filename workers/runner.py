@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -10,6 +11,7 @@ from arq.connections import RedisSettings
 from arq.worker import Worker
 
 from app.config import Settings
+from app.executions.interrupts import listen_for_stops
 from workers.context import close_context, open_context
 from workers.jobs import cron_jobs, functions
 
@@ -49,6 +51,7 @@ class WorkerGroup:
                     log_results=False,
                 )
             )
+        listener = asyncio.create_task(listen_for_stops(self.settings.redis_url, ctx["running"]))
         if handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -61,6 +64,9 @@ class WorkerGroup:
         finally:
             for worker in self.workers:
                 await worker.close()
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
             await close_context(ctx)
 
     def stop(self) -> None:

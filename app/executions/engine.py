@@ -25,6 +25,7 @@ from app.agents.registry import build_agent
 from app.agents.state import AgentState
 from app.config import Settings
 from app.executions import events, worker_repository
+from app.executions.interrupts import RunningChunks
 from app.executions.jobs import enqueue_chunk
 from app.executions.status import Status
 from app.executions.worker_repository import Claim
@@ -46,6 +47,7 @@ class WorkerContext(TypedDict):
     redis: ArqRedis
     http: httpx.AsyncClient
     worker_id: str
+    running: RunningChunks
 
 
 class LeaseLost(Exception):
@@ -70,12 +72,14 @@ class ChunkRunner:
                 events.status_changed(
                     self.id,
                     self.claim.status_log_id,
-                    Status.RUNNING,
+                    Status(self.claim.status),
                     step_count=self.claim.step_count,
                     token_usage=self.claim.token_usage,
                     completed_at=None,
                 )
             )
+        if self.claim.status != Status.RUNNING:
+            return  # paused at the claim: a pause was requested while it waited for a worker
         spec = self.settings.agent_types.get(self.claim.agent_type)
         if spec is None:
             await self._fail("unknown_agent_type", f"no agent type {self.claim.agent_type!r}")
@@ -104,9 +108,9 @@ class ChunkRunner:
         try:
             async for record in iterator:
                 steps += 1
-                persisted = await self._commit(record, persisted)
-                if state.stop_reason == "final_answer":
-                    return
+                persisted, status = await self._commit(record, persisted)
+                if status != Status.RUNNING:
+                    return  # completed, or parked (paused, awaiting input)
                 if steps >= self.settings.limits.chunk_size:
                     await self._enqueue_next_chunk()
                     return
@@ -126,9 +130,12 @@ class ChunkRunner:
             # job is missing once its heartbeat is stale. Redis trouble delays, never fails it.
             log.warning("could not enqueue the next chunk of %s", self.id, exc_info=True)
 
-    async def _commit(self, record: StepRecord, persisted: int) -> int:
+    async def _commit(self, record: StepRecord, persisted: int) -> tuple[int, Status]:
+        """Commit the step; returns how many messages are now stored and the new status."""
         state = record.state
         is_final = state.stop_reason == "final_answer"
+        asks = state.stop_reason == "awaiting_input"
+        finish_status = Status.COMPLETED if is_final else Status.AWAITING_INPUT if asks else None
         context = {
             "step_type": record.kind,
             "has_tool_calls": bool(record.tool_names),
@@ -150,8 +157,9 @@ class ChunkRunner:
                 ],
                 log_message=f"Step {record.number} completed",
                 log_context=context,
-                finish_status=Status.COMPLETED if is_final else None,
+                finish_status=finish_status,
                 output={"response": state.final_answer} if is_final else None,
+                metadata={"question": state.pending_question} if asks else None,
             )
         if written is None:
             raise LeaseLost
@@ -160,19 +168,20 @@ class ChunkRunner:
                 self.id, written.log_id, written.created_at, context, record.number
             )
         ]
+        status = Status(written.status)
         if written.status_log_id is not None:
             published.append(
                 events.status_changed(
                     self.id,
                     written.status_log_id,
-                    Status.COMPLETED,
+                    status,
                     step_count=state.step_count,
                     token_usage=state.usage.total_tokens,
                     completed_at=written.completed_at,
                 )
             )
         await self._publish(*published)
-        return len(state.messages)
+        return len(state.messages), status
 
     async def _fail(self, error_type: str, message: str) -> None:
         async with self.db.connect() as conn:
@@ -246,25 +255,26 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> st
     if claim is None:
         return "skipped"
     runner = ChunkRunner(ctx, claim)
-    lost = False
+    taken_away = False
 
-    def lease_lost() -> None:
-        nonlocal lost
-        lost = True
+    def stop() -> None:
+        """The lease is gone (cancel, kill, or another worker): stop at once, write nothing."""
+        nonlocal taken_away
+        taken_away = True
         task.cancel()
 
     task = asyncio.ensure_future(runner.run())
+    running = ctx["running"]
+    running.add(claim.id, stop)
     keep_alive = asyncio.create_task(
-        _keep_alive(
-            ctx["db"], claim.id, claim.lease, settings.worker.heartbeat_interval, lease_lost
-        )
+        _keep_alive(ctx["db"], claim.id, claim.lease, settings.worker.heartbeat_interval, stop)
     )
     try:
         await task
     except LeaseLost:
         return "lease lost"
     except asyncio.CancelledError:
-        if lost:
+        if taken_away:
             return "lease lost"
         # The worker is shutting down: hand the execution over from its last committed step
         # now, rather than after its heartbeat goes stale.
@@ -277,5 +287,6 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> st
             await runner.fail_from(exc)
         return "failed"
     finally:
+        running.discard(claim.id)
         keep_alive.cancel()
     return "ok"

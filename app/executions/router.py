@@ -14,12 +14,15 @@ from app.errors import (
     UnknownAgentType,
 )
 from app.executions import repository
+from app.executions.control import IllegalTransition, Signal, apply_signal
 from app.executions.manager import AgentManager, get_visible_execution
 from app.executions.schemas import (
+    ControlResponse,
     ExecutionDetail,
     ExecutionOut,
     ExecutionPage,
     LogEntry,
+    SendInput,
     StartExecution,
 )
 from app.executions.status import Status
@@ -125,3 +128,62 @@ async def list_execution_logs(
         session, execution.id, after_id=after_id, level=level, event_type=event_type, limit=limit
     )
     return [LogEntry.model_validate(entry) for entry in logs]
+
+
+def _control_route(signal: Signal, summary: str) -> Any:
+    async def control(
+        execution_id: uuid.UUID, user: CurrentUser, session: SessionDep, redis: RedisDep
+    ) -> ControlResponse:
+        execution = await get_visible_execution(session, user, execution_id)
+        outcome = await apply_signal(session, redis, user, execution.id, signal)
+        return ControlResponse(status=outcome.status, signal=signal, accepted=outcome.accepted)
+
+    control.__name__ = f"{signal.value}_execution"
+    control.__doc__ = summary
+    return control
+
+
+_CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_AUTH,
+    **ExecutionNotFound.openapi(),
+    **IllegalTransition.openapi(),
+}
+
+for _signal, _method, _path, _summary in (
+    (Signal.PAUSE, "POST", "/{execution_id}/pause", "Pause at the next step boundary"),
+    (Signal.RESUME, "POST", "/{execution_id}/resume", "Resume a paused execution"),
+    (Signal.CANCEL, "POST", "/{execution_id}/cancel", "Cancel, interrupting a running step"),
+    (Signal.KILL, "DELETE", "/{execution_id}", "Force kill: cancel now and fence the worker off"),
+):
+    router.add_api_route(
+        _path,
+        _control_route(_signal, _summary),
+        methods=[_method],
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=ControlResponse,
+        operation_id=f"{_signal.value}Execution",
+        summary=_summary,
+        responses=_CONTROL_RESPONSES,
+    )
+
+
+@router.post(
+    "/{execution_id}/input",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ControlResponse,
+    operation_id="sendExecutionInput",
+    summary="Answer the question of an execution awaiting input",
+    responses=_CONTROL_RESPONSES,
+)
+async def send_input(
+    execution_id: uuid.UUID,
+    body: SendInput,
+    user: CurrentUser,
+    session: SessionDep,
+    redis: RedisDep,
+) -> ControlResponse:
+    execution = await get_visible_execution(session, user, execution_id)
+    outcome = await apply_signal(
+        session, redis, user, execution.id, Signal.INPUT, body.input.model_dump()
+    )
+    return ControlResponse(status=outcome.status, signal=Signal.INPUT, accepted=outcome.accepted)

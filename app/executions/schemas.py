@@ -94,3 +94,25 @@ class ExecutionPage(BaseModel):
     total: int
     page: int
     per_page: int
+
+
+class ControlResponse(BaseModel):
+    """What a control request did."""
+
+    status: Status = Field(description="The execution's status after the request.")
+    signal: str
+    accepted: bool
+
+
+class AnswerInput(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    answer: str = Field(min_length=1, max_length=200_000)
+
+
+class SendInput(BaseModel):
+    """The answer to the question an execution awaiting input asked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: AnswerInput

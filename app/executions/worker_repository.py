@@ -18,23 +18,36 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import json_serializer
 
+# A pause requested while no step was running (between chunks) takes effect at the claim: the
+# execution parks instead of running.
 _CLAIM = """
     WITH previous AS (
         SELECT id, status FROM agent_executions WHERE id = $1 FOR UPDATE
+    ), pause AS (
+        SELECT s.id FROM agent_signals s, previous
+        WHERE s.execution_id = previous.id AND NOT s.processed AND s.signal_type = 'pause'
     ), claimed AS (
         UPDATE agent_executions e
-        SET status = 'running', lease = e.lease + 1, worker_id = $3,
+        SET status = CASE WHEN EXISTS (SELECT 1 FROM pause) THEN 'paused' ELSE 'running' END,
+            paused_at = CASE WHEN EXISTS (SELECT 1 FROM pause) THEN now() ELSE e.paused_at END,
+            lease = e.lease + 1, worker_id = $3,
             heartbeat_at = now(), started_at = coalesce(e.started_at, now()),
             chunk_count = e.chunk_count + 1, updated_at = now()
         FROM previous
         WHERE e.id = previous.id AND e.lease = $2 AND e.status IN ('pending', 'running')
         RETURNING e.id, e.user_id, e.agent_type, e.queue, e.input, e.state_snapshot, e.lease,
-                  e.chunk_count, e.step_count, e.token_usage, previous.status AS previous_status
+                  e.chunk_count, e.step_count, e.token_usage, e.status,
+                  previous.status AS previous_status
+    ), consumed AS (
+        UPDATE agent_signals SET processed = true, processed_at = now()
+        WHERE id IN (SELECT id FROM pause) AND EXISTS (SELECT 1 FROM claimed)
     ), status_log AS (
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
-        SELECT id, 'info', 'status_changed', 'Status changed to running',
-               jsonb_build_object('from', previous_status, 'to', 'running')
-        FROM claimed WHERE previous_status <> 'running'
+        SELECT id, 'info',
+               CASE WHEN status = 'paused' THEN 'paused' ELSE 'status_changed' END,
+               'Status changed to ' || status,
+               jsonb_build_object('from', previous_status, 'to', status)
+        FROM claimed WHERE previous_status <> status
         RETURNING id
     )
     SELECT claimed.*, status_log.id AS log_id,
@@ -43,19 +56,36 @@ _CLAIM = """
     FROM claimed LEFT JOIN status_log ON true
 """
 
-# $1 id, $2 lease, $3 step_count, $4 token_usage, $5 usage, $6 snapshot, $7 finish status or
-# NULL, $8 output or NULL, $9 first message seq, $10 messages (a JSON array), $11 log message,
-# $12 log context
+# $1 id, $2 lease, $3 step_count, $4 token_usage, $5 usage, $6 snapshot, $7 status to end or park
+# in (or NULL to keep running), $8 output or NULL, $9 first message seq, $10 messages (a JSON
+# array), $11 log message, $12 log context, $13 metadata to merge or NULL.
+# An unprocessed pause signal parks the execution at this step boundary (unless it ends here).
 _COMMIT_STEP = """
-    WITH execution AS (
+    WITH pause AS (
+        SELECT id FROM agent_signals
+        WHERE execution_id = $1 AND NOT processed AND signal_type = 'pause'
+    ), target AS (
+        SELECT coalesce(
+            $7::varchar,
+            CASE WHEN EXISTS (SELECT 1 FROM pause) THEN 'paused' ELSE 'running' END
+        ) AS status
+    ), execution AS (
         UPDATE agent_executions
         SET step_count = $3, token_usage = $4, usage = $5::jsonb, state_snapshot = $6::jsonb,
             heartbeat_at = now(), updated_at = now(),
-            status = coalesce($7::varchar, status),
+            status = target.status,
             output = coalesce($8::jsonb, output),
-            completed_at = CASE WHEN $7::varchar IS NULL THEN completed_at ELSE now() END
-        WHERE id = $1 AND lease = $2 AND status = 'running'
-        RETURNING id, completed_at
+            metadata = CASE WHEN $13::jsonb IS NULL THEN metadata ELSE metadata || $13::jsonb END,
+            paused_at = CASE WHEN target.status = 'paused' THEN now() ELSE paused_at END,
+            completed_at = CASE WHEN target.status IN ('completed', 'failed', 'cancelled')
+                                THEN now() ELSE completed_at END,
+            worker_id = CASE WHEN target.status = 'running' THEN worker_id END
+        FROM target
+        WHERE id = $1 AND lease = $2 AND agent_executions.status = 'running'
+        RETURNING id, agent_executions.status, completed_at
+    ), consumed AS (
+        UPDATE agent_signals SET processed = true, processed_at = now()
+        WHERE id IN (SELECT id FROM pause) AND EXISTS (SELECT 1 FROM execution)
     ), messages AS (
         INSERT INTO agent_messages (execution_id, seq, message)
         SELECT execution.id, $9::int + m.ordinality - 1, m.value
@@ -66,13 +96,15 @@ _COMMIT_STEP = """
         RETURNING id, created_at
     ), status_log AS (
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
-        SELECT id, 'info', 'status_changed', 'Status changed to ' || $7::varchar,
-               jsonb_build_object('from', 'running', 'to', $7::varchar)
-        FROM execution WHERE $7::varchar IS NOT NULL
+        SELECT id, 'info',
+               CASE WHEN status = 'paused' THEN 'paused' ELSE 'status_changed' END,
+               'Status changed to ' || status,
+               jsonb_build_object('from', 'running', 'to', status)
+        FROM execution WHERE status <> 'running'
         RETURNING id
     )
     SELECT step_log.id, step_log.created_at, status_log.id AS status_log_id,
-           execution.completed_at
+           execution.status, execution.completed_at
     FROM execution JOIN step_log ON true LEFT JOIN status_log ON true
 """
 
@@ -119,6 +151,7 @@ class Claim:
     chunk_count: int
     step_count: int
     token_usage: int
+    status: str
     status_log_id: int | None
 
 
@@ -126,6 +159,7 @@ class Claim:
 class StepWritten:
     log_id: int
     created_at: datetime
+    status: str
     status_log_id: int | None
     completed_at: datetime | None
 
@@ -163,6 +197,7 @@ async def claim_execution(
         chunk_count=row["chunk_count"],
         step_count=row["step_count"],
         token_usage=row["token_usage"],
+        status=row["status"],
         status_log_id=row["log_id"],
     )
 
@@ -181,9 +216,11 @@ async def commit_step(
     log_context: dict[str, Any],
     finish_status: str | None = None,
     output: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> StepWritten | None:
     """Append a step's messages and log and advance progress in one statement, fenced by the
-    lease; when ``finish_status`` is given the execution also ends with ``output``.
+    lease. ``finish_status`` ends (``completed``, with ``output``) or parks (``awaiting_input``,
+    merging ``metadata``) the execution; a pending pause request parks it ``paused``.
     None means the lease was lost and nothing was written."""
     row = await (await _driver(conn)).fetchrow(
         _COMMIT_STEP,
@@ -199,10 +236,13 @@ async def commit_step(
         json_serializer(messages),
         log_message,
         json_serializer(log_context),
+        None if metadata is None else json_serializer(metadata),
     )
     if row is None:
         return None
-    return StepWritten(row["id"], row["created_at"], row["status_log_id"], row["completed_at"])
+    return StepWritten(
+        row["id"], row["created_at"], row["status"], row["status_log_id"], row["completed_at"]
+    )
 
 
 async def finish_execution(
