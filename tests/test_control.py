@@ -145,6 +145,7 @@ async def test_pause_then_resume_loses_and_repeats_no_step(
         done = await step_numbers(sessions, created["id"])
         assert done == list(range(1, execution.step_count + 1))
         assert execution.step_count < 8
+        assert execution.state_snapshot is not None
         assert execution.state_snapshot["step_count"] == execution.step_count
         resumed = await control(http, alice, created["id"], "resume")
         assert resumed.json()["status"] == "pending"
@@ -269,7 +270,7 @@ async def test_concurrent_mixed_requests_end_in_one_consistent_state(
         assert execution.status == "cancelled"
     else:
         assert execution.status in ("completed", "paused")
-    steps = await step_numbers(sessions, execution.id.hex and str(execution.id))
+    steps = await step_numbers(sessions, str(execution.id))
     assert steps == list(range(1, len(steps) + 1))
 
 
