@@ -11,7 +11,8 @@ from typing import Any, Literal
 from app.agents.drivers.base import Driver, ModelResponse
 from app.agents.spec import AgentTypeSpec
 from app.agents.state import AgentState, Message, StopReason, ToolCall
-from app.agents.tools import Tool
+from app.agents.task_tools import render_plan
+from app.agents.tools import Tool, ToolContext
 
 # How much of a model's unparsable tool arguments is quoted back to it.
 _QUOTE_CHARS = 200
@@ -57,10 +58,16 @@ class Agent:
         """Advance ``state`` in place one step at a time, yielding after each step.
 
         When the run ends (final answer or a limit) ``state.stop_reason`` is set; the final
-        answer's step is yielded, a limit stops without yielding. Every yield leaves the
-        state consistent, so the caller may stop consuming at any yield, checkpoint, and later
-        continue by calling ``iterate`` again with the restored state; nothing is held open
-        across a yield, so an abandoned generator needs no cleanup (``aclose`` is still tidy).
+        answer's step is yielded, a limit stops without yielding. A step in which the model
+        called ``ask_user`` parks the run: it is yielded with ``state.pending_question`` set
+        and ``stop_reason`` ``"awaiting_input"``, and iteration ends; :meth:`answer` makes the
+        state ready to continue. A state that already has a stop reason is not advanced.
+
+        Every yield leaves the state consistent, so the caller may stop consuming at any yield,
+        checkpoint, and later continue by calling ``iterate`` again with the restored state;
+        nothing is held open across a yield, so an abandoned generator needs no cleanup
+        (``aclose`` is still tidy). The plan (``state.tasks``) is shown to the model appended
+        to the system prompt of each request, never stored in ``state.messages``.
         Driver errors propagate.
         """
         while state.stop_reason is None:
@@ -72,6 +79,20 @@ class Agent:
             if record is None:
                 return
             yield record
+
+    def answer(self, state: AgentState, answer: str) -> Message:
+        """Answer the pending question: the appended user message, for the caller to persist.
+
+        Clears ``pending_question`` and ``stop_reason`` so that ``iterate`` continues the run.
+        Raises ValueError when ``state`` is not awaiting input.
+        """
+        if state.stop_reason != "awaiting_input":
+            raise ValueError(f"the agent is not awaiting input (stop reason {state.stop_reason})")
+        message = Message(role="user", content=answer)
+        state.messages.append(message)
+        state.pending_question = None
+        state.stop_reason = None
+        return message
 
     def _limit_reached(self, state: AgentState) -> StopReason | None:
         if state.step_count >= self.spec.max_steps:
@@ -86,10 +107,13 @@ class Agent:
         """One model call and its tool calls, applied to ``state``; None when time ran out."""
         started = time.monotonic()
         response: ModelResponse | None = None
+        context = ToolContext(tasks=list(state.tasks))
         try:
             async with asyncio.timeout(self.spec.timeout - state.elapsed_seconds) as limit:
-                response = await self.driver.complete(state.messages, self._tool_specs)
-                results = [await self._run_tool(call) for call in response.message.tool_calls]
+                response = await self.driver.complete(self._conversation(state), self._tool_specs)
+                results = [
+                    await self._run_tool(call, context) for call in response.message.tool_calls
+                ]
         except TimeoutError:
             if not limit.expired():
                 raise  # a TimeoutError of the driver or a tool, not the step's deadline
@@ -106,9 +130,13 @@ class Agent:
         state.usage = state.usage.add(response.usage)
         state.step_count += 1
         state.elapsed_seconds += time.monotonic() - started
+        state.tasks = context.tasks
         if not message.tool_calls:
             state.final_answer = message.content or ""
             state.stop_reason = "final_answer"
+        elif context.questions:
+            state.pending_question = "\n\n".join(context.questions)
+            state.stop_reason = "awaiting_input"
         return StepRecord(
             number=state.step_count,
             kind="tool_calls" if message.tool_calls else "final",
@@ -118,7 +146,26 @@ class Agent:
             state=state,
         )
 
-    async def _run_tool(self, call: ToolCall) -> Message:
+    def _conversation(self, state: AgentState) -> list[Message]:
+        """The messages sent to the model: the state's, the current plan (if any) appended
+        to the system prompt.
+
+        The plan is not stored in ``state.messages``: it changes, and messages are stored
+        append-only.
+        """
+        if not state.tasks:
+            return state.messages
+        plan = render_plan(state.tasks)
+        messages = list(state.messages)
+        if messages and messages[0].role == "system":
+            prompt = messages[0].content
+            content = f"{prompt}\n\n{plan}" if prompt else plan
+            messages[0] = messages[0].model_copy(update={"content": content})
+        else:
+            messages.insert(0, Message(role="system", content=plan))
+        return messages
+
+    async def _run_tool(self, call: ToolCall, context: ToolContext) -> Message:
         """The tool message answering ``call``; failures become an ``error: ...`` content."""
         tool = self.tools.get(call.name)
         if call.invalid_arguments is not None:
@@ -130,5 +177,5 @@ class Agent:
             available = ", ".join(self.tools) or "none"
             result = f"error: unknown tool {call.name!r} (available tools: {available})"
         else:
-            result = await tool.invoke(call.arguments)
+            result = await tool.invoke(call.arguments, context)
         return Message(role="tool", content=result, tool_call_id=call.id, name=call.name)

@@ -1,16 +1,17 @@
-"""Tools to read, write and list files inside an agent's workspace."""
+"""Tools to read, write, edit, list and search files inside an agent's workspace."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.agents.tools import Tool, ToolError
+from app.agents.tools import Tool, ToolContext, ToolError
 from app.agents.workspace import Workspace
 
 MAX_READ_CHARS = 100_000
@@ -18,6 +19,14 @@ MAX_LIST_ENTRIES = 1000
 # A NUL byte this early almost always means a binary file; its text would be noise to the
 # model, and NUL cannot be stored in PostgreSQL text or JSONB either.
 BINARY_SNIFF_BYTES = 8192
+# edit_file reads the whole file into memory: larger files are for write_file or bash.
+MAX_EDIT_BYTES = 10_000_000
+MAX_SEARCH_MATCHES = 200
+MAX_MATCH_LINE_CHARS = 300
+# search_files skips larger files (logs, dumps) rather than spending its time in them.
+MAX_SEARCH_FILE_BYTES = 10_000_000
+# Version-control internals: never what the model is looking for, often large.
+SKIPPED_DIRECTORIES = frozenset({".git", ".hg", ".svn"})
 
 _T = TypeVar("_T")
 
@@ -48,6 +57,23 @@ class ListFilesArgs(_Args):
     )
 
 
+class EditFileArgs(_Args):
+    path: str = Field(description="File path relative to the workspace root.")
+    old_text: str = Field(
+        description="The exact text to replace; it must occur exactly once in the file."
+    )
+    new_text: str = Field(description="The text to put in its place.")
+
+
+class SearchFilesArgs(_Args):
+    pattern: str = Field(description="A Python regular expression, matched against each line.")
+    path: str = Field(
+        default=".",
+        description="File or directory to search, relative to the workspace root; "
+        "the root if omitted.",
+    )
+
+
 async def _in_thread(path: str, work: Callable[[], _T]) -> _T:
     """Run blocking file work off the event loop, reporting OS failures to the model."""
     try:
@@ -68,7 +94,7 @@ class ReadFile(Tool):
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
 
-    async def run(self, args: BaseModel) -> str:
+    async def run(self, args: BaseModel, context: ToolContext) -> str:
         assert isinstance(args, ReadFileArgs)  # invoke() validated against Args
         return await _in_thread(args.path, lambda: self._read(args))
 
@@ -82,11 +108,15 @@ class ReadFile(Tool):
         end = args.end_line
         if end is not None and end < start:
             raise ToolError(f"end_line {end} is before start_line {start}")
-        with target.open("rb") as raw:
-            if b"\x00" in raw.read(BINARY_SNIFF_BYTES):
-                size = target.stat().st_size
-                raise ToolError(f"{args.path} looks like a binary file ({size} bytes)")
+        if _is_binary(target):
+            size = target.stat().st_size
+            raise ToolError(f"{args.path} looks like a binary file ({size} bytes)")
         return _read_lines(target, args.path, start, end)
+
+
+def _is_binary(target: Path) -> bool:
+    with target.open("rb") as raw:
+        return b"\x00" in raw.read(BINARY_SNIFF_BYTES)
 
 
 def _read_lines(target: Path, shown_path: str, start: int, end: int | None) -> str:
@@ -129,7 +159,7 @@ class WriteFile(Tool):
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
 
-    async def run(self, args: BaseModel) -> str:
+    async def run(self, args: BaseModel, context: ToolContext) -> str:
         assert isinstance(args, WriteFileArgs)  # invoke() validated against Args
         return await _in_thread(args.path, lambda: self._write(args))
 
@@ -161,7 +191,7 @@ class ListFiles(Tool):
         self.workspace = workspace
         self.max_entries = max_entries
 
-    async def run(self, args: BaseModel) -> str:
+    async def run(self, args: BaseModel, context: ToolContext) -> str:
         assert isinstance(args, ListFilesArgs)  # invoke() validated against Args
         return await _in_thread(args.path, lambda: self._list(args))
 
@@ -199,6 +229,166 @@ class ListFiles(Tool):
         return True
 
 
+class EditFile(Tool):
+    name = "edit_file"
+    description = (
+        "Replace old_text with new_text in a text file of the workspace. old_text must match "
+        "the file exactly (whitespace and line endings included) and occur exactly once: "
+        "include enough surrounding lines to make it unique."
+    )
+    Args = EditFileArgs
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+
+    async def run(self, args: BaseModel, context: ToolContext) -> str:
+        assert isinstance(args, EditFileArgs)  # invoke() validated against Args
+        return await _in_thread(args.path, lambda: self._edit(args))
+
+    def _edit(self, args: EditFileArgs) -> str:
+        if not args.old_text:
+            raise ToolError("old_text is empty; use write_file to create or replace a whole file")
+        target = self.workspace.resolve(args.path)
+        if target.is_dir():
+            raise ToolError(f"{args.path} is a directory")
+        if not target.is_file():
+            raise ToolError(f"no such file: {args.path}")
+        size = target.stat().st_size
+        if size > MAX_EDIT_BYTES:
+            raise ToolError(f"{args.path} is too large to edit ({size} bytes)")
+        data = target.read_bytes()
+        if b"\x00" in data[:BINARY_SNIFF_BYTES]:
+            raise ToolError(f"{args.path} looks like a binary file ({size} bytes)")
+        try:
+            # Strict decoding: rewriting a file read with replacement characters would
+            # silently corrupt every byte that was not UTF-8.
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ToolError(f"{args.path} is not valid UTF-8 text") from exc
+        offset = _only_occurrence(text, args.old_text, args.path)
+        line = text.count("\n", 0, offset) + 1
+        edited = text[:offset] + args.new_text + text[offset + len(args.old_text) :]
+        try:
+            encoded = edited.encode("utf-8")
+        except UnicodeEncodeError as exc:  # JSON can carry lone surrogates
+            raise ToolError(f"new_text is not valid Unicode text: {exc.reason}") from exc
+        target.write_bytes(encoded)
+        return f"edited {self.workspace.display(target)}: replaced 1 occurrence at line {line}"
+
+
+def _only_occurrence(text: str, old_text: str, shown_path: str) -> int:
+    """The offset of the one occurrence of ``old_text``, or ToolError saying how many."""
+    offset = text.find(old_text)
+    if offset < 0:
+        raise ToolError(
+            f"old_text was not found in {shown_path}; it must match exactly, "
+            "whitespace and line endings included (read_file shows the current content)"
+        )
+    if text.find(old_text, offset + 1) >= 0:
+        # count() finds non-overlapping occurrences only: "aa" is once in "aaa", yet ambiguous.
+        count = max(text.count(old_text), 2)
+        raise ToolError(
+            f"old_text occurs {count} times in {shown_path}; include more surrounding "
+            "text so that it occurs exactly once"
+        )
+    return offset
+
+
+class SearchFiles(Tool):
+    name = "search_files"
+    description = (
+        "Search the text files under a workspace directory (or one file) for lines matching a "
+        "Python regular expression. Each match is reported as 'path:line: text'. At most "
+        f"{MAX_SEARCH_MATCHES} matches; lines are cut at {MAX_MATCH_LINE_CHARS} characters; "
+        "binary files, symlinks and .git directories are skipped."
+    )
+    Args = SearchFilesArgs
+
+    def __init__(self, workspace: Workspace, max_matches: int = MAX_SEARCH_MATCHES) -> None:
+        self.workspace = workspace
+        self.max_matches = max_matches
+
+    async def run(self, args: BaseModel, context: ToolContext) -> str:
+        assert isinstance(args, SearchFilesArgs)  # invoke() validated against Args
+        try:
+            regex = re.compile(args.pattern)
+        except re.error as exc:
+            raise ToolError(f"invalid regular expression {args.pattern!r}: {exc}") from exc
+        return await _in_thread(args.path, lambda: self._search(regex, args.path))
+
+    def _search(self, regex: re.Pattern[str], path: str) -> str:
+        top = self.workspace.resolve(path)
+        matches: list[str] = []
+        if top.is_file():
+            if _is_binary(top):
+                raise ToolError(f"{path} looks like a binary file")
+            complete = self._search_file(regex, top, matches)
+        elif top.is_dir():
+            complete = self._search_directory(regex, top, matches)
+        else:
+            raise ToolError(f"no such file or directory: {path}")
+        if not matches:
+            return "no matches"
+        result = "\n".join(matches)
+        if not complete:
+            result += (
+                f"\n[stopped after {self.max_matches} matches; "
+                "narrow the pattern or the path to see more]"
+            )
+        return result
+
+    def _search_directory(
+        self, regex: re.Pattern[str], directory: Path, matches: list[str]
+    ) -> bool:
+        """Search depth-first in name order; False when the match limit cut it short."""
+        try:
+            with os.scandir(directory) as scan:
+                children = sorted(scan, key=lambda entry: entry.name)
+        except OSError:
+            return True  # unreadable directory: nothing to find there
+        for child in children:
+            # Symlinks are never followed: one pointing outside would reveal what is there,
+            # and ones pointing inside lead to files searched anyway.
+            if child.is_symlink():
+                continue
+            path = Path(child.path)
+            if child.is_dir(follow_symlinks=False):
+                if child.name in SKIPPED_DIRECTORIES:
+                    continue
+                if not self._search_directory(regex, path, matches):
+                    return False
+            elif child.is_file(follow_symlinks=False):
+                try:
+                    if child.stat().st_size > MAX_SEARCH_FILE_BYTES or _is_binary(path):
+                        continue
+                    if not self._search_file(regex, path, matches):
+                        return False
+                except OSError:
+                    continue  # unreadable file: skipped like a binary one
+        return True
+
+    def _search_file(self, regex: re.Pattern[str], path: Path, matches: list[str]) -> bool:
+        shown = self.workspace.display(path)
+        with path.open(encoding="utf-8", errors="replace", newline="") as file:
+            for number, line in enumerate(file, start=1):
+                text = line.rstrip("\r\n")
+                if regex.search(text) is None:
+                    continue
+                if len(matches) >= self.max_matches:
+                    return False
+                if len(text) > MAX_MATCH_LINE_CHARS:
+                    text = text[:MAX_MATCH_LINE_CHARS] + "..."
+                # A NUL past the binary sniff cannot go into PostgreSQL text.
+                matches.append(f"{shown}:{number}: {text.replace(chr(0), chr(0xFFFD))}")
+        return True
+
+
 def file_tools(workspace: Workspace) -> list[Tool]:
     """The file tools, all bound to ``workspace``."""
-    return [ReadFile(workspace), WriteFile(workspace), ListFiles(workspace)]
+    return [
+        ReadFile(workspace),
+        WriteFile(workspace),
+        EditFile(workspace),
+        ListFiles(workspace),
+        SearchFiles(workspace),
+    ]

@@ -8,12 +8,15 @@ from pathlib import Path
 import httpx
 
 from app.agents.agent import Agent
+from app.agents.ask_user import AskUser
+from app.agents.bash_tool import Bash
 from app.agents.drivers.base import Driver
 from app.agents.drivers.openai import OpenAIChatDriver
 from app.agents.drivers.scripted import ScriptedDriver
 from app.agents.errors import MissingApiKey
 from app.agents.file_tools import file_tools
 from app.agents.spec import AgentTypeSpec
+from app.agents.task_tools import TaskPlan
 from app.agents.tools import Tool
 from app.agents.workspace import Workspace
 
@@ -34,9 +37,11 @@ def build_agent(
     http: httpx.AsyncClient,
     environ: Mapping[str, str],
 ) -> Agent:
-    """The agent for ``spec``, its file tools (if any) working in ``workspace``.
+    """The agent for ``spec``, its file and bash tools (if any) working in ``workspace``.
 
-    ``workspace`` is created if absent.
+    ``workspace`` is created if absent. Tools follow the capabilities: ``files`` (read_file,
+    write_file, edit_file, list_files, search_files), ``bash``, ``tasks`` (task_plan) and
+    ``ask_user``; ``subagents`` is the engine's business and adds no tool here.
     """
     driver: Driver
     if spec.provider == "scripted":
@@ -51,9 +56,16 @@ def build_agent(
             max_retries=spec.max_retries,
         )
     workspace.mkdir(parents=True, exist_ok=True)
+    root = Workspace(workspace)
     tools: list[Tool] = []
     if "files" in spec.capabilities:
-        tools.extend(file_tools(Workspace(workspace)))
+        tools.extend(file_tools(root))
+    if "bash" in spec.capabilities:
+        tools.append(Bash(root, default_timeout=spec.bash_timeout))
+    if "tasks" in spec.capabilities:
+        tools.append(TaskPlan())
+    if "ask_user" in spec.capabilities:
+        tools.append(AskUser())
     return Agent(spec, driver, tools)
 
 

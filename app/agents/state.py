@@ -7,7 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["system", "user", "assistant", "tool"]
-StopReason = Literal["final_answer", "max_steps", "max_tokens", "timeout"]
+StopReason = Literal["final_answer", "max_steps", "max_tokens", "timeout", "awaiting_input"]
+TaskStatus = Literal["pending", "in_progress", "done"]
 
 
 class ToolCall(BaseModel):
@@ -55,11 +56,22 @@ class Usage(BaseModel):
         )
 
 
+class Task(BaseModel):
+    """One item of the plan the model keeps with the ``task_plan`` tool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str
+    status: TaskStatus = "pending"
+
+
 class AgentState(BaseModel):
     """Everything an agent needs to continue from where it stopped.
 
     ``elapsed_seconds`` counts only time spent stepping, so a parked or queued execution does
-    not use up its timeout.
+    not use up its timeout. ``tasks`` is the model's current plan (``task_plan``);
+    ``pending_question`` is the question of an agent parked with stop reason
+    ``awaiting_input`` until :meth:`~app.agents.agent.Agent.answer` supplies the answer.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -71,6 +83,8 @@ class AgentState(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     final_answer: str | None = None
     stop_reason: StopReason | None = None
+    tasks: list[Task] = Field(default_factory=list)
+    pending_question: str | None = None
 
     def snapshot(self) -> dict[str, Any]:
         """The state without its messages: those are stored one row each, append-only."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
+
+from app.agents.state import Task
 
 
 class ToolError(Exception):
@@ -23,6 +25,21 @@ class ToolSpec:
     parameters: dict[str, Any]
 
 
+@dataclass
+class ToolContext:
+    """The part of the agent's state that the tool calls of one step may read and change.
+
+    Tools never touch :class:`~app.agents.state.AgentState` itself: the agent fills a fresh
+    context before a step's tool calls and applies it back only once the whole step completes,
+    so a step cut short (timeout, cancellation) leaves the state exactly as it was.
+    """
+
+    tasks: list[Task] = field(default_factory=list)
+    """The plan; ``task_plan`` replaces it."""
+    questions: list[str] = field(default_factory=list)
+    """Questions for the user (``ask_user``); any parks the agent after the step."""
+
+
 class Tool(ABC):
     """A tool the agent can run; subclasses set ``name``, ``description`` and ``Args``."""
 
@@ -34,21 +51,22 @@ class Tool(ABC):
         return _spec_of(type(self))
 
     @abstractmethod
-    async def run(self, args: BaseModel) -> str:
+    async def run(self, args: BaseModel, context: ToolContext) -> str:
         """Run with arguments already validated into an instance of ``Args``."""
 
-    async def invoke(self, arguments: dict[str, Any]) -> str:
+    async def invoke(self, arguments: dict[str, Any], context: ToolContext | None = None) -> str:
         """Validate ``arguments`` and run; failures come back as ``"error: ..."`` for the model.
 
         Only expected failures (invalid arguments, :class:`ToolError`) are turned into text;
-        anything else is a bug and propagates.
+        anything else is a bug and propagates. Without ``context`` the tool gets a fresh,
+        throwaway one (for tools used outside an agent).
         """
         try:
             args = self.Args.model_validate(arguments)
         except ValidationError as exc:
             return f"error: invalid arguments for {self.name}: {describe_validation_error(exc)}"
         try:
-            return await self.run(args)
+            return await self.run(args, context if context is not None else ToolContext())
         except ToolError as exc:
             return f"error: {exc}"
 

@@ -20,6 +20,7 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.agents.agent import Agent, StepRecord
+from app.agents.bash_tool import kill_workspace_processes
 from app.agents.errors import AgentError
 from app.agents.registry import build_agent
 from app.agents.state import AgentState
@@ -65,6 +66,7 @@ class ChunkRunner:
         self.claim = claim
         self.id = claim.id
         self.lease = claim.lease
+        self.workspace = self.settings.workspace_base / str(claim.id)
 
     async def run(self) -> None:
         if self.claim.status_log_id is not None:
@@ -90,7 +92,7 @@ class ChunkRunner:
             return
         agent = build_agent(
             spec,
-            workspace=self.settings.workspace_base / str(self.id),
+            workspace=self.workspace,
             http=self.ctx["http"],
             environ=os.environ,
         )
@@ -289,4 +291,8 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> st
     finally:
         running.discard(claim.id)
         keep_alive.cancel()
+        # No process a bash call started outlives the job: the next chunk may run elsewhere,
+        # and a cancelled or finished execution must leave nothing running.
+        with contextlib.suppress(Exception):
+            await asyncio.shield(kill_workspace_processes(runner.workspace))
     return "ok"

@@ -20,7 +20,7 @@ from app.agents.file_tools import file_tools
 from app.agents.registry import build_agent
 from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
 from app.agents.state import AgentState, Message
-from app.agents.tools import Tool
+from app.agents.tools import Tool, ToolContext
 from app.agents.workspace import Workspace
 
 
@@ -203,7 +203,7 @@ class Sleep(Tool):
     description = "Sleep."
     Args = SleepArgs
 
-    async def run(self, args: BaseModel) -> str:
+    async def run(self, args: BaseModel, context: ToolContext) -> str:
         assert isinstance(args, SleepArgs)
         await asyncio.sleep(args.seconds)
         return "slept"
@@ -298,7 +298,7 @@ async def test_mistakes_are_returned_to_the_model(tmp_path: Path) -> None:
     results = [m.content for m in records[0].new_messages[1:]]
     assert results == [
         "error: unknown tool 'delete_everything' "
-        "(available tools: read_file, write_file, list_files)",
+        "(available tools: read_file, write_file, edit_file, list_files, search_files)",
         "error: invalid arguments for read_file: path: Field required; "
         "line: Extra inputs are not permitted",
         "error: invalid arguments for write_file: content: Input should be a valid string",

@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from app.agents.file_tools import MAX_LIST_ENTRIES, MAX_READ_CHARS, ListFiles, file_tools
+from app.agents.file_tools import (
+    MAX_LIST_ENTRIES,
+    MAX_MATCH_LINE_CHARS,
+    MAX_READ_CHARS,
+    MAX_SEARCH_MATCHES,
+    ListFiles,
+    SearchFiles,
+    file_tools,
+)
 from app.agents.tools import Tool, ToolError
 from app.agents.workspace import Workspace
 
@@ -179,7 +187,9 @@ async def test_escaping_paths_are_refused(tools: dict[str, Tool], root: Path, pa
     for name, arguments in [
         ("read_file", {"path": path}),
         ("write_file", {"path": path, "content": "pwned"}),
+        ("edit_file", {"path": path, "old_text": "a", "new_text": "b"}),
         ("list_files", {"path": path}),
+        ("search_files", {"pattern": ".", "path": path}),
     ]:
         result = await tools[name].invoke(arguments)
         assert result.startswith(f"error: invalid path {path!r}"), (name, result)
@@ -193,9 +203,15 @@ async def test_symlinked_file_pointing_outside_is_refused(
 
     read = await tools["read_file"].invoke({"path": "link.txt"})
     write = await tools["write_file"].invoke({"path": "link.txt", "content": "pwned"})
+    edit = await tools["edit_file"].invoke(
+        {"path": "link.txt", "old_text": "top", "new_text": "pwned"}
+    )
+    search = await tools["search_files"].invoke({"pattern": "secret", "path": "link.txt"})
+    search_all = await tools["search_files"].invoke({"pattern": "secret"})
 
-    assert read == "error: invalid path 'link.txt': it leads outside the workspace"
-    assert write == "error: invalid path 'link.txt': it leads outside the workspace"
+    for result in (read, write, edit, search):
+        assert result == "error: invalid path 'link.txt': it leads outside the workspace"
+    assert search_all == "no matches"  # the link is skipped, not followed
     assert (outside / "secret.txt").read_text() == "top secret"
 
 
@@ -217,15 +233,22 @@ async def test_symlinked_directory_pointing_outside_is_refused(
 
     read = await tools["read_file"].invoke({"path": "dir/secret.txt"})
     write = await tools["write_file"].invoke({"path": "dir/new/file.txt", "content": "pwned"})
+    edit = await tools["edit_file"].invoke(
+        {"path": "dir/secret.txt", "old_text": "top", "new_text": "pwned"}
+    )
     listing = await tools["list_files"].invoke({"path": "dir"})
+    search = await tools["search_files"].invoke({"pattern": "secret", "path": "dir"})
     root_listing = await tools["list_files"].invoke({})
+    root_search = await tools["search_files"].invoke({"pattern": "secret"})
 
-    for result in (read, write, listing):
+    for result in (read, write, edit, listing, search):
         assert result.startswith("error: invalid path 'dir"), result
         assert "outside the workspace" in result
     # Listed as an entry, never followed.
     assert root_listing == "dir"
+    assert root_search == "no matches"
     assert sorted(os.listdir(outside)) == ["secret.txt"]
+    assert (outside / "secret.txt").read_text() == "top secret"
 
 
 async def test_symlinks_within_the_workspace_work(tools: dict[str, Tool], root: Path) -> None:
@@ -267,6 +290,172 @@ def test_tool_specs_describe_arguments(tools: dict[str, Tool]) -> None:
     assert specs["read_file"].parameters["required"] == ["path"]
     assert set(specs["read_file"].parameters["properties"]) == {"path", "start_line", "end_line"}
     assert specs["write_file"].parameters["required"] == ["path", "content"]
+    assert specs["edit_file"].parameters["required"] == ["path", "old_text", "new_text"]
     assert "required" not in specs["list_files"].parameters
+    assert specs["search_files"].parameters["required"] == ["pattern"]
+    assert set(specs["search_files"].parameters["properties"]) == {"pattern", "path"}
     assert all(spec.parameters["additionalProperties"] is False for spec in specs.values())
     assert all(spec.description for spec in specs.values())
+
+
+def test_file_tools_are_all_five(tools: dict[str, Tool]) -> None:
+    assert list(tools) == ["read_file", "write_file", "edit_file", "list_files", "search_files"]
+
+
+async def test_edit_replaces_the_one_occurrence(tools: dict[str, Tool], root: Path) -> None:
+    (root / "f.py").write_bytes(b"def f():\r\n    return 1\r\n\r\ndef g():\r\n    return 2\r\n")
+
+    result = await tools["edit_file"].invoke(
+        {"path": "f.py", "old_text": "def g():\r\n    return 2", "new_text": "def g():\r\n    pass"}
+    )
+
+    assert result == "edited f.py: replaced 1 occurrence at line 4"
+    # Everything else byte for byte, line endings included.
+    assert (root / "f.py").read_bytes() == (
+        b"def f():\r\n    return 1\r\n\r\ndef g():\r\n    pass\r\n"
+    )
+
+
+async def test_edit_can_delete_and_handles_unicode(tools: dict[str, Tool], root: Path) -> None:
+    (root / "u.txt").write_text("héllo wörld\n")
+
+    result = await tools["edit_file"].invoke({"path": "u.txt", "old_text": "ö", "new_text": ""})
+
+    assert result == "edited u.txt: replaced 1 occurrence at line 1"
+    assert (root / "u.txt").read_text() == "héllo wrld\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            {"path": "f.txt", "old_text": "absent", "new_text": "x"},
+            "error: old_text was not found in f.txt; it must match exactly",
+        ),
+        (
+            {"path": "f.txt", "old_text": "same", "new_text": "x"},
+            "error: old_text occurs 3 times in f.txt; include more surrounding text",
+        ),
+        (
+            # Overlapping occurrences ("zz" twice in "zzz") are just as ambiguous.
+            {"path": "f.txt", "old_text": "zz", "new_text": "x"},
+            "error: old_text occurs 2 times in f.txt",
+        ),
+        (
+            {"path": "f.txt", "old_text": "", "new_text": "x"},
+            "error: old_text is empty; use write_file",
+        ),
+        (
+            {"path": "f.txt", "old_text": "unique", "new_text": "\ud800"},
+            "error: new_text is not valid Unicode text",
+        ),
+        ({"path": "missing.txt", "old_text": "a", "new_text": "b"}, "error: no such file"),
+        ({"path": "sub", "old_text": "a", "new_text": "b"}, "error: sub is a directory"),
+        (
+            {"path": "binary.bin", "old_text": "PNG", "new_text": "b"},
+            "error: binary.bin looks like a binary file",
+        ),
+        (
+            {"path": "latin1.txt", "old_text": "caf", "new_text": "b"},
+            "error: latin1.txt is not valid UTF-8 text",
+        ),
+        (
+            {"path": "f.txt", "old_text": "same"},
+            "error: invalid arguments for edit_file: new_text: Field required",
+        ),
+    ],
+)
+async def test_edit_errors_leave_the_file_alone(
+    tools: dict[str, Tool], root: Path, arguments: dict[str, object], message: str
+) -> None:
+    (root / "f.txt").write_text("same same\nunique\nsame\nzzz\n")
+    (root / "sub").mkdir()
+    (root / "binary.bin").write_bytes(b"\x89PNG\x00\x01")
+    (root / "latin1.txt").write_bytes("café".encode("latin-1"))
+
+    assert (await tools["edit_file"].invoke(arguments)).startswith(message)
+
+    assert (root / "f.txt").read_text() == "same same\nunique\nsame\nzzz\n"
+    assert (root / "latin1.txt").read_bytes() == "café".encode("latin-1")
+
+
+@pytest.fixture
+def tree(root: Path) -> Path:
+    (root / "src" / "pkg").mkdir(parents=True)
+    (root / "src" / "pkg" / "mod.py").write_text("import os\n\ndef main():\n    return 1\n")
+    (root / "src" / "app.py").write_text("def app():\r\n    pass\r\n")
+    (root / "README.md").write_text("# Project\nno definitions here\n")
+    (root / "image.png").write_bytes(b"\x89PNG\x00def main")
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("def in git\n")
+    return root
+
+
+async def test_search_files(tools: dict[str, Tool], tree: Path) -> None:
+    result = await tools["search_files"].invoke({"pattern": r"^def \w+\(\)"})
+
+    # Name order, depth first; binary files and .git are skipped; \r\n endings are stripped.
+    assert result == "src/app.py:1: def app():\nsrc/pkg/mod.py:3: def main():"
+
+
+async def test_search_files_under_a_path(tools: dict[str, Tool], tree: Path) -> None:
+    assert await tools["search_files"].invoke({"pattern": "def", "path": "src/pkg"}) == (
+        "src/pkg/mod.py:3: def main():"
+    )
+    assert await tools["search_files"].invoke({"pattern": "(?i)project", "path": "README.md"}) == (
+        "README.md:1: # Project"
+    )
+    assert await tools["search_files"].invoke({"pattern": "absent"}) == "no matches"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"pattern": "("}, "error: invalid regular expression '(': missing ), unterminated"),
+        ({"pattern": "x", "path": "nope"}, "error: no such file or directory: nope"),
+        ({"pattern": "PNG", "path": "image.png"}, "error: image.png looks like a binary file"),
+        ({"path": "src"}, "error: invalid arguments for search_files: pattern: Field required"),
+    ],
+)
+async def test_search_errors(
+    tools: dict[str, Tool], tree: Path, arguments: dict[str, object], message: str
+) -> None:
+    assert (await tools["search_files"].invoke(arguments)).startswith(message)
+
+
+@pytest.mark.parametrize("matching", [2, 3, 4])
+async def test_search_is_bounded(root: Path, matching: int) -> None:
+    (root / "f.txt").write_text("".join(f"hit {i}\nmiss\n" for i in range(1, matching + 1)))
+
+    lines = (await SearchFiles(Workspace(root), max_matches=3).invoke({"pattern": "hit"})).split(
+        "\n"
+    )
+
+    expected = [f"f.txt:{2 * i - 1}: hit {i}" for i in range(1, min(matching, 3) + 1)]
+    if matching > 3:
+        expected.append("[stopped after 3 matches; narrow the pattern or the path to see more]")
+    assert lines == expected
+
+
+async def test_search_cuts_long_lines(tools: dict[str, Tool], root: Path) -> None:
+    (root / "long.txt").write_text("x" * 1000 + "needle\n")
+
+    result = await tools["search_files"].invoke({"pattern": "needle"})
+
+    assert result == "long.txt:1: " + "x" * MAX_MATCH_LINE_CHARS + "..."
+    assert MAX_SEARCH_MATCHES == 200
+
+
+async def test_search_skips_symlinks_within_the_workspace(
+    tools: dict[str, Tool], root: Path
+) -> None:
+    (root / "real").mkdir()
+    (root / "real" / "f.txt").write_text("needle\n")
+    (root / "alias").symlink_to(root / "real", target_is_directory=True)
+    (root / "f-link.txt").symlink_to(root / "real" / "f.txt")
+
+    assert await tools["search_files"].invoke({"pattern": "needle"}) == "real/f.txt:1: needle"
+    # A symlink named as the path is resolved (and confined) like any other path.
+    assert await tools["search_files"].invoke({"pattern": "needle", "path": "alias"}) == (
+        "real/f.txt:1: needle"
+    )

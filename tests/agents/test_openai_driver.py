@@ -101,7 +101,13 @@ async def test_tool_call_round_trip_through_the_agent(
     first, second = fake_openai.requests
     assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in (first, second))
     tools = first.json["tools"]
-    assert [t["function"]["name"] for t in tools] == ["read_file", "write_file", "list_files"]
+    assert [t["function"]["name"] for t in tools] == [
+        "read_file",
+        "write_file",
+        "edit_file",
+        "list_files",
+        "search_files",
+    ]
     assert all(t["type"] == "function" for t in tools)
     write_tool = tools[1]["function"]
     assert write_tool["description"].startswith("Create or overwrite a text file")

@@ -5,12 +5,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.agents.ask_user import AskUser
+from app.agents.bash_tool import Bash
 from app.agents.demo import DEMO_AGENT
 from app.agents.drivers.openai import OpenAIChatDriver
 from app.agents.drivers.scripted import ScriptedDriver
 from app.agents.errors import AgentError, MissingApiKey
 from app.agents.registry import build_agent, check_agent_type
-from app.agents.spec import AgentTypeSpec
+from app.agents.spec import AgentTypeSpec, Capability
+from app.agents.task_tools import TaskPlan
 
 
 @pytest.mark.parametrize("environ", [{}, {"MY_KEY": ""}])
@@ -66,5 +69,73 @@ async def test_scripted_agent_with_files(tmp_path: Path) -> None:
         agent = build_agent(DEMO_AGENT, workspace=tmp_path / "a" / "b", http=http, environ={})
 
     assert isinstance(agent.driver, ScriptedDriver)
-    assert list(agent.tools) == ["read_file", "write_file", "list_files"]
+    assert list(agent.tools) == [
+        "read_file",
+        "write_file",
+        "edit_file",
+        "list_files",
+        "search_files",
+    ]
     assert (tmp_path / "a" / "b").is_dir()
+
+
+async def test_every_capability(tmp_path: Path) -> None:
+    spec = AgentTypeSpec(
+        provider="scripted",
+        capabilities=["subagents", "ask_user", "tasks", "bash", "files", "bash"],
+        bash_timeout=12.5,
+    )
+
+    async with httpx.AsyncClient() as http:
+        agent = build_agent(spec, workspace=tmp_path / "ws", http=http, environ={})
+
+    assert list(agent.tools) == [
+        "read_file",
+        "write_file",
+        "edit_file",
+        "list_files",
+        "search_files",
+        "bash",
+        "task_plan",
+        "ask_user",
+    ]
+    bash = agent.tools["bash"]
+    assert isinstance(bash, Bash)
+    assert bash.default_timeout == 12.5
+    assert bash.workspace.root == (tmp_path / "ws").resolve()
+    assert isinstance(agent.tools["task_plan"], TaskPlan)
+    assert isinstance(agent.tools["ask_user"], AskUser)
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "tools"),
+    [
+        ([], []),
+        (["subagents"], []),  # the engine's business: no tool, no failure
+        (["bash"], ["bash"]),
+        (["tasks", "ask_user"], ["task_plan", "ask_user"]),
+    ],
+)
+async def test_capabilities_choose_the_tools(
+    tmp_path: Path, capabilities: list[Capability], tools: list[str]
+) -> None:
+    spec = AgentTypeSpec(provider="scripted", capabilities=capabilities)
+
+    async with httpx.AsyncClient() as http:
+        agent = build_agent(spec, workspace=tmp_path, http=http, environ={})
+
+    assert list(agent.tools) == tools
+
+
+async def test_bash_timeout_defaults_to_a_minute(tmp_path: Path) -> None:
+    async with httpx.AsyncClient() as http:
+        agent = build_agent(
+            AgentTypeSpec(provider="scripted", capabilities=["bash"]),
+            workspace=tmp_path,
+            http=http,
+            environ={},
+        )
+
+    bash = agent.tools["bash"]
+    assert isinstance(bash, Bash)
+    assert bash.default_timeout == 60

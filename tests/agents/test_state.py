@@ -6,7 +6,16 @@ from typing import Any, get_args
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.agents.state import AgentState, Message, Role, StopReason, ToolCall, Usage
+from app.agents.state import (
+    AgentState,
+    Message,
+    Role,
+    StopReason,
+    Task,
+    TaskStatus,
+    ToolCall,
+    Usage,
+)
 
 json_values: st.SearchStrategy[Any] = st.recursive(
     st.none()
@@ -37,6 +46,7 @@ messages = st.builds(
     tool_call_id=st.none() | st.text(max_size=12),
     name=st.none() | st.text(max_size=12),
 )
+tasks = st.builds(Task, title=st.text(max_size=20), status=st.sampled_from(get_args(TaskStatus)))
 states = st.builds(
     AgentState,
     messages=st.lists(messages, max_size=6),
@@ -46,6 +56,8 @@ states = st.builds(
     metadata=json_objects,
     final_answer=st.none() | st.text(),
     stop_reason=st.none() | st.sampled_from(get_args(StopReason)),
+    tasks=st.lists(tasks, max_size=4),
+    pending_question=st.none() | st.text(),
 )
 
 
@@ -67,3 +79,21 @@ def test_equality_sees_differences() -> None:
     state = AgentState(messages=[Message(role="user", content="a")])
     changed = AgentState(messages=[Message(role="user", content="b")])
     assert state != changed
+    assert AgentState(tasks=[Task(title="a")]) != AgentState(tasks=[Task(title="a", status="done")])
+    assert AgentState(pending_question="?") != AgentState()
+
+
+def test_snapshots_from_before_tasks_and_questions_restore() -> None:
+    old_snapshot = {
+        "usage": {"input_tokens": 1, "output_tokens": 2},
+        "step_count": 1,
+        "elapsed_seconds": 0.5,
+        "metadata": {},
+        "final_answer": None,
+        "stop_reason": None,
+    }
+
+    state = AgentState.restore(old_snapshot, [])
+
+    assert state.tasks == []
+    assert state.pending_question is None
