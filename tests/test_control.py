@@ -302,3 +302,56 @@ async def test_cancel_racing_the_final_step_never_ends_both_ways(
         assert response.status_code == 409
         assert execution.status == "completed"
         assert "cancelled" not in events
+
+
+async def test_input_round_trip_with_an_agent_that_asks(alice, sessions, make_settings, run_worker):
+    from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
+
+    asking = AgentTypeSpec(
+        provider="scripted",
+        api_key_env=None,
+        capabilities=["ask_user"],
+        script=[
+            ScriptedTurn(
+                tool_calls=[ScriptedToolCall(name="ask_user", arguments={"question": "Colour?"})]
+            ),
+            ScriptedTurn(content="You chose {last_user_message}."),
+        ],
+    )
+    settings = make_settings(agent_types={"asking": asking})
+    async with api_client(settings) as http:
+        created = await start(http, alice, "asking")
+        await run_worker(settings)
+        parked = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+        assert parked["status"] == "awaiting_input"
+        assert parked["metadata"]["question"] == "Colour?"
+        early = await control(http, alice, created["id"], "resume")
+        assert early.status_code == 409
+        answered = await control(http, alice, created["id"], "input", answer="green")
+        assert answered.json() == {"status": "pending", "signal": "input", "accepted": True}
+        again = await control(http, alice, created["id"], "input", answer="blue")
+        assert again.status_code == 409
+        await run_worker(settings)
+        done = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+    assert done["status"] == "completed"
+    assert done["output"] == {"response": "You chose green."}
+    assert "question" not in done["metadata"]
+    async with sessions() as session:
+        from app.executions.models import ExecutionMessage
+
+        messages = list(
+            await session.scalars(
+                select(ExecutionMessage.message)
+                .where(ExecutionMessage.execution_id == uuid.UUID(created["id"]))
+                .order_by(ExecutionMessage.seq)
+            )
+        )
+    assert [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "user",
+        "assistant",
+    ]
+    assert messages[4]["content"] == "green"

@@ -22,8 +22,9 @@ class ScriptedToolCall(BaseModel):
 class ScriptedTurn(BaseModel):
     """One assistant turn of a deterministic script.
 
-    ``content`` may contain ``{prompt}`` (the first user message) and ``{last_tool_result}``
-    (the content of the latest tool message); they are substituted when the turn is played.
+    ``content`` may contain ``{prompt}`` (the first user message), ``{last_tool_result}`` (the
+    content of the latest tool message) and ``{last_user_message}`` (the latest user message,
+    e.g. an answer to ``ask_user``); they are substituted when the turn is played.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -38,6 +38,7 @@ class ScriptedDriver:
         substitutions = {
             "{prompt}": _first_content(messages, "user"),
             "{last_tool_result}": _first_content(reversed(messages), "tool"),
+            "{last_user_message}": _first_content(reversed(messages), "user"),
         }
         message = Message(
             role="assistant",
@@ -59,11 +60,11 @@ def _first_content(messages: Iterable[Message], role: str) -> str:
     return next((m.content or "" for m in messages if m.role == role), "")
 
 
-_PLACEHOLDER = re.compile(r"\{prompt\}|\{last_tool_result\}")
+_PLACEHOLDER = re.compile(r"\{prompt\}|\{last_tool_result\}|\{last_user_message\}")
 
 
 def _substitute(text: str, substitutions: dict[str, str]) -> str:
-    # Only the two placeholders are touched (unlike str.format, other braces in the script
+    # Only the placeholders are touched (unlike str.format, other braces in the script
     # stay intact), in one pass so a prompt containing "{last_tool_result}" stays literal.
     return _PLACEHOLDER.sub(lambda match: substitutions[match.group()], text)
 
