@@ -10,6 +10,7 @@ import httpx
 from app.agents.agent import Agent
 from app.agents.ask_user import AskUser
 from app.agents.bash_tool import Bash
+from app.agents.drivers.anthropic import AnthropicDriver
 from app.agents.drivers.base import Driver
 from app.agents.drivers.openai import OpenAIChatDriver
 from app.agents.drivers.scripted import ScriptedDriver
@@ -46,6 +47,15 @@ def build_agent(
     driver: Driver
     if spec.provider == "scripted":
         driver = ScriptedDriver(spec.script)
+    elif spec.provider == "anthropic":
+        driver = AnthropicDriver(
+            http,
+            base_url=spec.base_url,
+            api_key=_api_key(spec, environ),
+            model=spec.model,
+            timeout=spec.request_timeout,
+            max_retries=spec.max_retries,
+        )
     else:
         driver = OpenAIChatDriver(
             http,
@@ -70,7 +80,7 @@ def build_agent(
 
 
 def _api_key(spec: AgentTypeSpec, environ: Mapping[str, str]) -> str | None:
-    if spec.provider != "openai" or spec.api_key_env is None:
+    if spec.provider == "scripted" or spec.api_key_env is None:
         return None
     key = environ.get(spec.api_key_env, "")
     if not key:

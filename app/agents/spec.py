@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 Provider = Literal["openai", "anthropic", "scripted"]
 Capability = Literal["bash", "files", "tasks", "ask_user", "subagents"]
@@ -59,6 +67,20 @@ class AgentTypeSpec(BaseModel):
     subagents: list[str] = Field(default_factory=list)
     max_depth: int = Field(default=3, ge=0)
     summary_max_chars: PositiveInt = 12_000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_defaults(cls, data: Any) -> Any:
+        """An ``anthropic`` type talks to Anthropic's API with ``ANTHROPIC_API_KEY`` unless it
+        says otherwise (the field defaults are OpenAI's)."""
+        if isinstance(data, dict) and data.get("provider") == "anthropic":
+            data = {
+                "base_url": "https://api.anthropic.com",
+                "api_key_env": "ANTHROPIC_API_KEY",
+                "model": "claude-sonnet-4-5",
+                **data,
+            }
+        return data
 
     @field_validator("api_key_env", mode="before")
     @classmethod
