@@ -90,11 +90,16 @@ def _builtin_agent_types() -> dict[str, AgentTypeSpec]:
             max_steps=50,
         ),
         "research": AgentTypeSpec(
-            description="Investigates a question in depth.",
-            system_prompt="You are a meticulous researcher. Cite what you find.",
-            capabilities=["files"],
+            description="Investigates a question in depth, fanning out to subagents.",
+            system_prompt=(
+                "You are a meticulous researcher. Split broad questions into parts, hand them "
+                "to subagents, then synthesise what they found. Cite what you find."
+            ),
+            capabilities=["files", "tasks", "subagents"],
+            subagents=["deep-research", "quick-lookup", "synthesis"],
             queue="agents-long",
             max_steps=100,
+            max_depth=3,
         ),
         "code-review": AgentTypeSpec(
             description="Reviews code and reports problems.",
@@ -106,6 +111,52 @@ def _builtin_agent_types() -> dict[str, AgentTypeSpec]:
         ),
         "demo": DEMO_AGENT,
     }
+
+
+def _builtin_subagents() -> dict[str, AgentTypeSpec]:
+    return {
+        "deep-research": AgentTypeSpec(
+            description="Investigates one sub-question thoroughly and reports findings.",
+            system_prompt="You research one question thoroughly and report what you found.",
+            capabilities=["files", "tasks"],
+            queue="agents-long",
+            max_steps=50,
+        ),
+        "quick-lookup": AgentTypeSpec(
+            description="Answers a narrow factual question quickly.",
+            system_prompt="You answer one narrow question quickly and precisely.",
+            capabilities=["files"],
+            queue="agents-default",
+            max_steps=10,
+        ),
+        "synthesis": AgentTypeSpec(
+            description="Combines findings into one coherent answer.",
+            system_prompt="You combine the findings you are given into one coherent answer.",
+            capabilities=["files"],
+            queue="agents-default",
+            max_steps=10,
+        ),
+    }
+
+
+def _merge_specs(builtins: dict[str, AgentTypeSpec], value: Any) -> Any:
+    """Configured specs add to the built-in ones; a table naming a built-in overrides fields."""
+    if not isinstance(value, dict):
+        return value
+    merged: dict[str, Any] = {
+        name: spec.model_dump(exclude_unset=True) for name, spec in builtins.items()
+    }
+    for name, override in value.items():
+        if isinstance(override, AgentTypeSpec):
+            override = override.model_dump(exclude_unset=True)
+        if name in merged and isinstance(override, dict):
+            merged[name] = {**merged[name], **override}
+        else:
+            merged[name] = override
+    return merged
+
+
+SUBAGENT_PREFIX = "subagent:"
 
 
 class Settings(BaseSettings):
@@ -129,6 +180,7 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     worker: WorkerTuning = Field(default_factory=WorkerTuning)
     agent_types: dict[str, AgentTypeSpec] = Field(default_factory=dict)
+    subagents: dict[str, AgentTypeSpec] = Field(default_factory=dict)
 
     @field_validator("tiers", mode="before")
     @classmethod
@@ -149,21 +201,12 @@ class Settings(BaseSettings):
     @field_validator("agent_types", mode="before")
     @classmethod
     def _merge_builtin_agent_types(cls, value: Any) -> Any:
-        """Configured types add to the built-in ones; a table naming a built-in overrides fields."""
-        merged: dict[str, Any] = {
-            name: spec.model_dump(exclude_unset=True)
-            for name, spec in _builtin_agent_types().items()
-        }
-        if not isinstance(value, dict):
-            return value
-        for name, override in value.items():
-            if isinstance(override, AgentTypeSpec):
-                override = override.model_dump(exclude_unset=True)
-            if name in merged and isinstance(override, dict):
-                merged[name] = {**merged[name], **override}
-            else:
-                merged[name] = override
-        return merged
+        return _merge_specs(_builtin_agent_types(), value)
+
+    @field_validator("subagents", mode="before")
+    @classmethod
+    def _merge_builtin_subagents(cls, value: Any) -> Any:
+        return _merge_specs(_builtin_subagents(), value)
 
     @field_validator("agent_types")
     @classmethod
@@ -187,7 +230,12 @@ class Settings(BaseSettings):
         """``limits.max_steps`` / ``limits.max_tokens`` are ceilings for every agent type; a type
         without its own ``timeout`` gets ``timeouts.long`` on the long queue, else
         ``timeouts.default``."""
-        for name, spec in self.agent_types.items():
+        for specs in (self.agent_types, self.subagents):
+            self._apply_limits(specs)
+        return self
+
+    def _apply_limits(self, specs: dict[str, AgentTypeSpec]) -> None:
+        for name, spec in specs.items():
             update: dict[str, Any] = {
                 "max_steps": min(spec.max_steps, self.limits.max_steps),
                 "max_tokens": min(spec.max_tokens, self.limits.max_tokens),
@@ -195,8 +243,7 @@ class Settings(BaseSettings):
             if "timeout" not in spec.model_fields_set:
                 is_long = spec.queue == self.queues.long
                 update["timeout"] = self.timeouts.long if is_long else self.timeouts.default
-            self.agent_types[name] = spec.model_copy(update=update)
-        return self
+            specs[name] = spec.model_copy(update=update)
 
     @classmethod
     def settings_customise_sources(
@@ -216,6 +263,12 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
+    def spec_for(self, agent_type: str) -> AgentTypeSpec | None:
+        """The spec of an execution's type: an agent type, or ``subagent:NAME`` for a child."""
+        if agent_type.startswith(SUBAGENT_PREFIX):
+            return self.subagents.get(agent_type.removeprefix(SUBAGENT_PREFIX))
+        return self.agent_types.get(agent_type)
+
     def tier_limits(self, tier: str) -> TierLimits:
         """A tier's limits; an unknown tier gets the free tier's."""
         for name, limits in self.tiers.items():
@@ -226,13 +279,18 @@ class Settings(BaseSettings):
     def queue_names(self) -> list[str]:
         """Every queue a worker may have to serve: the standard ones and any an agent type names."""
         names = self.queues.names()
-        names += [s.queue for s in self.agent_types.values() if s.queue not in names]
+        for spec in self._all_specs():
+            if spec.queue not in names:
+                names.append(spec.queue)
         return names
 
     def job_timeout(self) -> float:
         """A job runs one chunk, bounded well below this, so it only stops runaway jobs."""
-        longest = max([self.timeouts.long, *(s.timeout for s in self.agent_types.values())])
+        longest = max([self.timeouts.long, *(s.timeout for s in self._all_specs())])
         return longest + 60
+
+    def _all_specs(self) -> list[AgentTypeSpec]:
+        return [*self.agent_types.values(), *self.subagents.values()]
 
 
 def describe_settings_error(error: Exception) -> str:

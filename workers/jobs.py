@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 async def sweep_executions(ctx: WorkerContext) -> dict[str, int]:
     report = await sweep(ctx["db"], ctx["redis"], ctx["settings"])
-    if report.recovered or report.failed or report.requeued:
+    if report.recovered or report.failed or report.requeued or report.woken:
         log.info("sweep: %s", report)
     return report.__dict__
 

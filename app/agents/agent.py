@@ -137,6 +137,9 @@ class Agent:
         elif context.questions:
             state.pending_question = "\n\n".join(context.questions)
             state.stop_reason = "awaiting_input"
+        elif context.subagent_tasks:
+            state.pending_subagents = context.subagent_tasks
+            state.stop_reason = "awaiting_subagents"
         return StepRecord(
             number=state.step_count,
             kind="tool_calls" if message.tool_calls else "final",

@@ -17,6 +17,7 @@ from app.agents.drivers.scripted import ScriptedDriver
 from app.agents.errors import MissingApiKey
 from app.agents.file_tools import file_tools
 from app.agents.spec import AgentTypeSpec
+from app.agents.subagents import SpawnSubagents
 from app.agents.task_tools import TaskPlan
 from app.agents.tools import Tool
 from app.agents.workspace import Workspace
@@ -37,12 +38,15 @@ def build_agent(
     workspace: Path,
     http: httpx.AsyncClient,
     environ: Mapping[str, str],
+    depth: int = 0,
+    subagents: Mapping[str, AgentTypeSpec] | None = None,
 ) -> Agent:
     """The agent for ``spec``, its file and bash tools (if any) working in ``workspace``.
 
     ``workspace`` is created if absent. Tools follow the capabilities: ``files`` (read_file,
     write_file, edit_file, list_files, search_files), ``bash``, ``tasks`` (task_plan) and
-    ``ask_user``; ``subagents`` is the engine's business and adds no tool here.
+    ``ask_user`` and ``subagents`` (spawn_subagents, offering the ``subagents`` specs that
+    ``spec.subagents`` names; ``depth`` is this agent's nesting depth).
     """
     driver: Driver
     if spec.provider == "scripted":
@@ -76,6 +80,10 @@ def build_agent(
         tools.append(TaskPlan())
     if "ask_user" in spec.capabilities:
         tools.append(AskUser())
+    if "subagents" in spec.capabilities:
+        known = subagents or {}
+        available = {name: known[name].description for name in spec.subagents if name in known}
+        tools.append(SpawnSubagents(available, depth=depth, max_depth=spec.max_depth))
     return Agent(spec, driver, tools)
 
 

@@ -7,7 +7,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["system", "user", "assistant", "tool"]
-StopReason = Literal["final_answer", "max_steps", "max_tokens", "timeout", "awaiting_input"]
+StopReason = Literal[
+    "final_answer", "max_steps", "max_tokens", "timeout", "awaiting_input", "awaiting_subagents"
+]
 TaskStatus = Literal["pending", "in_progress", "done"]
 
 
@@ -65,13 +67,24 @@ class Task(BaseModel):
     status: TaskStatus = "pending"
 
 
+class SubagentTask(BaseModel):
+    """A piece of work handed to a subagent (``spawn_subagents``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subagent: str
+    prompt: str
+
+
 class AgentState(BaseModel):
     """Everything an agent needs to continue from where it stopped.
 
     ``elapsed_seconds`` counts only time spent stepping, so a parked or queued execution does
     not use up its timeout. ``tasks`` is the model's current plan (``task_plan``);
     ``pending_question`` is the question of an agent parked with stop reason
-    ``awaiting_input`` until :meth:`~app.agents.agent.Agent.answer` supplies the answer.
+    ``awaiting_input`` until :meth:`~app.agents.agent.Agent.answer` supplies the answer;
+    ``pending_subagents`` the work of an agent parked with ``awaiting_subagents`` until the
+    results of its child executions arrive as a user message.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -85,6 +98,7 @@ class AgentState(BaseModel):
     stop_reason: StopReason | None = None
     tasks: list[Task] = Field(default_factory=list)
     pending_question: str | None = None
+    pending_subagents: list[SubagentTask] = Field(default_factory=list)
 
     def snapshot(self) -> dict[str, Any]:
         """The state without its messages: those are stored one row each, append-only."""

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
-from app.agents.state import Task
+from app.agents.state import SubagentTask, Task
 
 
 class ToolError(Exception):
@@ -38,6 +38,8 @@ class ToolContext:
     """The plan; ``task_plan`` replaces it."""
     questions: list[str] = field(default_factory=list)
     """Questions for the user (``ask_user``); any parks the agent after the step."""
+    subagent_tasks: list[SubagentTask] = field(default_factory=list)
+    """Work for subagents (``spawn_subagents``); any parks the agent until they finish."""
 
 
 class Tool(ABC):

@@ -19,12 +19,15 @@ from typing import Any
 from arq.connections import ArqRedis
 from sqlalchemy import BigInteger, Integer, String, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.auth.models import User
+from app.config import Settings
 from app.db import after_commit
 from app.errors import Conflict
 from app.executions import events
+from app.executions.children import announce_cancelled, cancel_descendants, wake_parent
+from app.executions.interrupts import control_channel
 from app.executions.jobs import enqueue_chunk
 from app.executions.status import TERMINAL, Status
 
@@ -87,7 +90,7 @@ _TRANSITION = text(
         FROM previous
         WHERE e.id = previous.id AND e.status = ANY(:from_statuses)
         RETURNING e.id, e.user_id, e.status, e.lease, e.queue, e.step_count, e.token_usage,
-                  e.completed_at, previous.status AS previous_status
+                  e.completed_at, e.parent_id, previous.status AS previous_status
     ), superseded AS (
         UPDATE agent_signals SET processed = true, processed_at = now()
         WHERE execution_id = :id AND NOT processed AND EXISTS (SELECT 1 FROM execution)
@@ -142,10 +145,6 @@ _CURRENT = text("SELECT status FROM agent_executions WHERE id = :id").bindparams
 )
 
 
-def control_channel(execution_id: uuid.UUID | str) -> str:
-    return f"agent.{execution_id}.control"
-
-
 @dataclass(frozen=True)
 class Outcome:
     """What a control request did: the status now, and whether it was accepted."""
@@ -163,6 +162,7 @@ class IllegalTransition(Conflict):
 async def apply_signal(
     session: AsyncSession,
     redis: ArqRedis,
+    settings: Settings,
     user: User,
     execution_id: uuid.UUID,
     signal: Signal,
@@ -172,7 +172,10 @@ async def apply_signal(
     payload = payload or {}
     changed = await _transition(session, user, execution_id, signal, payload)
     if changed is not None:
-        _after_transition(session, redis, signal, changed)
+        descendants = []
+        if signal in (Signal.CANCEL, Signal.KILL):
+            descendants = await cancel_descendants(session, execution_id)
+        _after_transition(session, redis, settings, signal, changed, descendants)
         return Outcome(Status(changed.status), signal)
     current = Status(await session.scalar(_CURRENT, {"id": execution_id}))
     if current in ALREADY_DONE.get(signal, set()):
@@ -230,8 +233,16 @@ async def _transition(
     return result.first()
 
 
-def _after_transition(session: AsyncSession, redis: ArqRedis, signal: Signal, row: Any) -> None:
+def _after_transition(
+    session: AsyncSession,
+    redis: ArqRedis,
+    settings: Settings,
+    signal: Signal,
+    row: Any,
+    descendants: list[Any],
+) -> None:
     status = Status(row.status)
+    db = session.bind
     event = events.status_changed(
         row.id, row.log_id, status, step_count=row.step_count, token_usage=row.token_usage,
         completed_at=row.completed_at,
@@ -248,6 +259,10 @@ def _after_transition(session: AsyncSession, redis: ArqRedis, signal: Signal, ro
                     control_channel(row.id), json.dumps({"signal": signal.value}).encode()
                 )
             await events.publish(redis, row.id, row.user_id, [event])
+            await announce_cancelled(redis, descendants)
+            if status in TERMINAL and row.parent_id is not None:
+                assert isinstance(db, AsyncEngine)
+                await wake_parent(db, redis, settings, row.parent_id)
         except Exception:
             log.warning("could not notify about %s of %s", signal.value, row.id, exc_info=True)
 

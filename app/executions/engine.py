@@ -26,9 +26,16 @@ from app.agents.registry import build_agent
 from app.agents.state import AgentState
 from app.config import Settings
 from app.executions import events, worker_repository
+from app.executions.children import (
+    announce_cancelled,
+    cancel_descendants,
+    child_rows,
+    start_children,
+    wake_parent,
+)
 from app.executions.interrupts import RunningChunks
 from app.executions.jobs import enqueue_chunk
-from app.executions.status import Status
+from app.executions.status import TERMINAL, Status
 from app.executions.worker_repository import Claim
 
 log = logging.getLogger(__name__)
@@ -82,7 +89,7 @@ class ChunkRunner:
             )
         if self.claim.status != Status.RUNNING:
             return  # paused at the claim: a pause was requested while it waited for a worker
-        spec = self.settings.agent_types.get(self.claim.agent_type)
+        spec = self.settings.spec_for(self.claim.agent_type)
         if spec is None:
             await self._fail("unknown_agent_type", f"no agent type {self.claim.agent_type!r}")
             return
@@ -95,6 +102,8 @@ class ChunkRunner:
             workspace=self.workspace,
             http=self.ctx["http"],
             environ=os.environ,
+            depth=self.claim.depth,
+            subagents=self.settings.subagents,
         )
         if self.claim.state_snapshot is None:
             state = agent.initial_state(str(self.claim.input.get("prompt", "")))
@@ -137,7 +146,18 @@ class ChunkRunner:
         state = record.state
         is_final = state.stop_reason == "final_answer"
         asks = state.stop_reason == "awaiting_input"
-        finish_status = Status.COMPLETED if is_final else Status.AWAITING_INPUT if asks else None
+        delegates = state.stop_reason == "awaiting_subagents"
+        finish_status = (
+            Status.COMPLETED if is_final
+            else Status.AWAITING_INPUT if asks
+            else Status.AWAITING_EVENT if delegates
+            else None
+        )  # fmt: skip
+        children = (
+            child_rows(self.settings, [t.model_dump() for t in state.pending_subagents])
+            if delegates
+            else None
+        )
         context = {
             "step_type": record.kind,
             "has_tool_calls": bool(record.tool_names),
@@ -162,6 +182,7 @@ class ChunkRunner:
                 finish_status=finish_status,
                 output={"response": state.final_answer} if is_final else None,
                 metadata={"question": state.pending_question} if asks else None,
+                children=children,
             )
         if written is None:
             raise LeaseLost
@@ -183,6 +204,10 @@ class ChunkRunner:
                 )
             )
         await self._publish(*published)
+        if children:
+            await start_children(self.redis, children)
+        if status in TERMINAL:
+            await self._wake_parent()
         return len(state.messages), status
 
     async def _fail(self, error_type: str, message: str) -> None:
@@ -197,6 +222,10 @@ class ChunkRunner:
             )
         if finished is None:
             raise LeaseLost
+        async with self.db.connect() as conn:
+            orphans = await cancel_descendants(conn, self.id)
+        await announce_cancelled(self.redis, orphans)
+        await self._wake_parent()
         await self._publish(
             events.status_changed(
                 self.id,
@@ -207,6 +236,16 @@ class ChunkRunner:
                 completed_at=finished.completed_at,
             )
         )
+
+    async def _wake_parent(self) -> None:
+        """A child that finished may be the last its parent waits for."""
+        if self.claim.parent_id is None:
+            return
+        try:
+            await wake_parent(self.db, self.redis, self.settings, self.claim.parent_id)
+        except Exception:
+            # The sweep wakes parents whose children have all finished.
+            log.warning("could not wake the parent of %s", self.id, exc_info=True)
 
     async def fail_from(self, exc: BaseException) -> None:
         if isinstance(exc, AgentError):

@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 CONTROL_PATTERN = "agent.*.control"
 
 
+def control_channel(execution_id: uuid.UUID | str) -> str:
+    """The channel on which workers hear that an execution must stop now."""
+    return f"agent.{execution_id}.control"
+
+
 class RunningChunks:
     """The executions this worker process is stepping, and how to stop each."""
 

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.executions import events
+from app.executions.children import wake_waiting_parents
 from app.executions.jobs import enqueue_chunk, job_id
 from app.executions.status import Status
 
@@ -105,6 +106,7 @@ class SweepReport:
     recovered: int = 0
     failed: int = 0
     requeued: int = 0
+    woken: int = 0
 
 
 def _recovery_job(attempt: int) -> str:
@@ -138,6 +140,7 @@ async def sweep(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> SweepRe
         await enqueue_chunk(redis, row.id, row.lease, row.queue, suffix=_recovery_job(attempt))
         report.recovered += 1
         log.warning("recovering execution %s (attempt %s)", row.id, attempt)
+    report.woken = await wake_waiting_parents(db, redis, settings)
     for row in pending:
         if await _is_queued(redis, job_id(row.id, row.lease)):
             continue

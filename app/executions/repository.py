@@ -119,3 +119,12 @@ async def latest_logs(
         .limit(limit)
     )
     return list(reversed(list(rows)))
+
+
+async def list_children(session: AsyncSession, execution_id: uuid.UUID) -> list[Execution]:
+    rows = await session.scalars(
+        select(Execution)
+        .where(Execution.parent_id == execution_id)
+        .order_by(Execution.created_at, Execution.id)
+    )
+    return list(rows)

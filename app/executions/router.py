@@ -17,6 +17,7 @@ from app.executions import repository
 from app.executions.control import IllegalTransition, Signal, apply_signal
 from app.executions.manager import AgentManager, get_visible_execution
 from app.executions.schemas import (
+    ChildSummary,
     ControlResponse,
     ExecutionDetail,
     ExecutionOut,
@@ -99,10 +100,12 @@ async def get_execution(
 ) -> ExecutionDetail:
     execution = await get_visible_execution(session, user, execution_id)
     logs = await repository.latest_logs(session, execution.id, _LATEST_LOGS)
+    children = await repository.list_children(session, execution.id)
     return ExecutionDetail.model_validate(
         {
             **ExecutionOut.model_validate(execution).model_dump(),
             "logs": [LogEntry.model_validate(entry) for entry in logs],
+            "children": [ChildSummary.model_validate(child) for child in children],
         }
     )
 
@@ -132,10 +135,14 @@ async def list_execution_logs(
 
 def _control_route(signal: Signal, summary: str) -> Any:
     async def control(
-        execution_id: uuid.UUID, user: CurrentUser, session: SessionDep, redis: RedisDep
+        execution_id: uuid.UUID,
+        user: CurrentUser,
+        session: SessionDep,
+        redis: RedisDep,
+        settings: SettingsDep,
     ) -> ControlResponse:
         execution = await get_visible_execution(session, user, execution_id)
-        outcome = await apply_signal(session, redis, user, execution.id, signal)
+        outcome = await apply_signal(session, redis, settings, user, execution.id, signal)
         return ControlResponse(status=outcome.status, signal=signal, accepted=outcome.accepted)
 
     control.__name__ = f"{signal.value}_execution"
@@ -181,9 +188,10 @@ async def send_input(
     user: CurrentUser,
     session: SessionDep,
     redis: RedisDep,
+    settings: SettingsDep,
 ) -> ControlResponse:
     execution = await get_visible_execution(session, user, execution_id)
     outcome = await apply_signal(
-        session, redis, user, execution.id, Signal.INPUT, body.input.model_dump()
+        session, redis, settings, user, execution.id, Signal.INPUT, body.input.model_dump()
     )
     return ControlResponse(status=outcome.status, signal=Signal.INPUT, accepted=outcome.accepted)

@@ -85,8 +85,22 @@ class ExecutionOut(BaseModel):
     completed_at: datetime | None
 
 
+class ChildSummary(BaseModel):
+    """A subagent execution started by this one."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    agent_type: str
+    status: Status
+    step_count: int
+    created_at: datetime
+    completed_at: datetime | None
+
+
 class ExecutionDetail(ExecutionOut):
     logs: list[LogEntry] = Field(description="The latest logs, oldest first.")
+    children: list[ChildSummary] = Field(description="Subagent executions it started.")
 
 
 class ExecutionPage(BaseModel):

@@ -36,7 +36,7 @@ _CLAIM = """
         FROM previous
         WHERE e.id = previous.id AND e.lease = $2 AND e.status IN ('pending', 'running')
         RETURNING e.id, e.user_id, e.agent_type, e.queue, e.input, e.state_snapshot, e.lease,
-                  e.chunk_count, e.step_count, e.token_usage, e.status,
+                  e.chunk_count, e.step_count, e.token_usage, e.status, e.parent_id, e.depth,
                   previous.status AS previous_status
     ), consumed AS (
         UPDATE agent_signals SET processed = true, processed_at = now()
@@ -58,7 +58,8 @@ _CLAIM = """
 
 # $1 id, $2 lease, $3 step_count, $4 token_usage, $5 usage, $6 snapshot, $7 status to end or park
 # in (or NULL to keep running), $8 output or NULL, $9 first message seq, $10 messages (a JSON
-# array), $11 log message, $12 log context, $13 metadata to merge or NULL.
+# array), $11 log message, $12 log context, $13 metadata to merge or NULL, $14 child executions
+# to start (a JSON array of {id, agent_type, queue, input}) or NULL.
 # An unprocessed pause signal parks the execution at this step boundary (unless it ends here).
 _COMMIT_STEP = """
     WITH pause AS (
@@ -76,13 +77,29 @@ _COMMIT_STEP = """
             status = target.status,
             output = coalesce($8::jsonb, output),
             metadata = CASE WHEN $13::jsonb IS NULL THEN metadata ELSE metadata || $13::jsonb END,
+            wait = CASE WHEN $14::jsonb IS NULL THEN wait
+                        ELSE jsonb_build_object('children', (
+                            SELECT jsonb_agg(c -> 'id') FROM jsonb_array_elements($14::jsonb) c))
+                   END,
             paused_at = CASE WHEN target.status = 'paused' THEN now() ELSE paused_at END,
             completed_at = CASE WHEN target.status IN ('completed', 'failed', 'cancelled')
                                 THEN now() ELSE completed_at END,
             worker_id = CASE WHEN target.status = 'running' THEN worker_id END
         FROM target
         WHERE id = $1 AND lease = $2 AND agent_executions.status = 'running'
-        RETURNING id, agent_executions.status, completed_at
+        RETURNING id, user_id, depth, agent_executions.status, completed_at
+    ), children AS (
+        INSERT INTO agent_executions (id, user_id, agent_type, queue, parent_id, depth, input)
+        SELECT (c ->> 'id')::uuid, execution.user_id, c ->> 'agent_type', c ->> 'queue',
+               execution.id, execution.depth + 1, c -> 'input'
+        FROM execution, jsonb_array_elements($14::jsonb) c
+        WHERE $14::jsonb IS NOT NULL
+        RETURNING id
+    ), children_log AS (
+        INSERT INTO agent_logs (execution_id, level, event_type, message, context)
+        SELECT id, 'info', 'status_changed', 'Execution created',
+               '{"from": null, "to": "pending"}'::jsonb
+        FROM children
     ), consumed AS (
         UPDATE agent_signals SET processed = true, processed_at = now()
         WHERE id IN (SELECT id FROM pause) AND EXISTS (SELECT 1 FROM execution)
@@ -152,6 +169,8 @@ class Claim:
     step_count: int
     token_usage: int
     status: str
+    parent_id: uuid.UUID | None
+    depth: int
     status_log_id: int | None
 
 
@@ -198,6 +217,8 @@ async def claim_execution(
         step_count=row["step_count"],
         token_usage=row["token_usage"],
         status=row["status"],
+        parent_id=row["parent_id"],
+        depth=row["depth"],
         status_log_id=row["log_id"],
     )
 
@@ -217,10 +238,12 @@ async def commit_step(
     finish_status: str | None = None,
     output: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    children: list[dict[str, Any]] | None = None,
 ) -> StepWritten | None:
     """Append a step's messages and log and advance progress in one statement, fenced by the
     lease. ``finish_status`` ends (``completed``, with ``output``) or parks (``awaiting_input``,
-    merging ``metadata``) the execution; a pending pause request parks it ``paused``.
+    merging ``metadata``; ``awaiting_event`` waiting for ``children``, which are created in the
+    same statement) the execution; a pending pause request parks it ``paused``.
     None means the lease was lost and nothing was written."""
     row = await (await _driver(conn)).fetchrow(
         _COMMIT_STEP,
@@ -237,6 +260,7 @@ async def commit_step(
         log_message,
         json_serializer(log_context),
         None if metadata is None else json_serializer(metadata),
+        None if children is None else json_serializer(children),
     )
     if row is None:
         return None
