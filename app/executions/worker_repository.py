@@ -46,7 +46,7 @@ _CLAIM = """
         SELECT id, 'info',
                CASE WHEN status = 'paused' THEN 'paused' ELSE 'status_changed' END,
                'Status changed to ' || status,
-               jsonb_build_object('from', previous_status, 'to', status)
+               jsonb_build_object('from', previous_status, 'to', status, 'worker', $3::text)
         FROM claimed WHERE previous_status <> status
         RETURNING id
     )
@@ -89,10 +89,13 @@ _COMMIT_STEP = """
         WHERE id = $1 AND lease = $2 AND agent_executions.status = 'running'
         RETURNING id, user_id, depth, agent_executions.status, completed_at
     ), children AS (
-        INSERT INTO agent_executions (id, user_id, agent_type, queue, parent_id, depth, input)
+        INSERT INTO agent_executions
+            (id, user_id, agent_type, queue, parent_id, depth, input, created_at)
         SELECT (c ->> 'id')::uuid, execution.user_id, c ->> 'agent_type', c ->> 'queue',
-               execution.id, execution.depth + 1, c -> 'input'
-        FROM execution, jsonb_array_elements($14::jsonb) c
+               execution.id, execution.depth + 1, c -> 'input',
+               -- distinct creation times keep the children in the order they were asked for
+               now() + n * interval '1 microsecond'
+        FROM execution, jsonb_array_elements($14::jsonb) WITH ORDINALITY AS t(c, n)
         WHERE $14::jsonb IS NOT NULL
         RETURNING id
     ), children_log AS (

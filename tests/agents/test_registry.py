@@ -98,6 +98,7 @@ async def test_every_capability(tmp_path: Path) -> None:
         "bash",
         "task_plan",
         "ask_user",
+        "spawn_subagents",
     ]
     bash = agent.tools["bash"]
     assert isinstance(bash, Bash)
@@ -111,7 +112,7 @@ async def test_every_capability(tmp_path: Path) -> None:
     ("capabilities", "tools"),
     [
         ([], []),
-        (["subagents"], []),  # the engine's business: no tool, no failure
+        (["subagents"], ["spawn_subagents"]),
         (["bash"], ["bash"]),
         (["tasks", "ask_user"], ["task_plan", "ask_user"]),
     ],
@@ -139,3 +140,23 @@ async def test_bash_timeout_defaults_to_a_minute(tmp_path: Path) -> None:
     bash = agent.tools["bash"]
     assert isinstance(bash, Bash)
     assert bash.default_timeout == 60
+
+
+async def test_spawn_subagents_offers_the_named_subagents(tmp_path: Path) -> None:
+    spec = AgentTypeSpec(
+        provider="scripted", capabilities=["subagents"], subagents=["a", "missing"], max_depth=2
+    )
+    known = {
+        "a": AgentTypeSpec(provider="scripted", description="Does A."),
+        "b": AgentTypeSpec(provider="scripted", description="Does B."),
+    }
+    async with httpx.AsyncClient() as http:
+        agent = build_agent(
+            spec, workspace=tmp_path, http=http, environ={}, depth=2, subagents=known
+        )
+    tool = agent.tools["spawn_subagents"]
+    assert "Subagents: a: Does A." in tool.spec().description
+    assert "b:" not in tool.spec().description
+    # At depth 2 of 2 it may not nest further: the model is told so.
+    result = await tool.invoke({"tasks": [{"subagent": "a", "prompt": "x"}]})
+    assert result.startswith("error: subagents may nest at most 2 levels")
