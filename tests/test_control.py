@@ -355,3 +355,52 @@ async def test_input_round_trip_with_an_agent_that_asks(alice, sessions, make_se
         "assistant",
     ]
     assert messages[4]["content"] == "green"
+
+
+async def test_cancel_kills_the_bash_command_in_flight(
+    alice, sessions, make_settings, run_worker, settings
+):
+    import os
+
+    from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
+
+    command = "sleep 30 & echo $! > child.pid; wait"
+    spec = AgentTypeSpec(
+        provider="scripted",
+        api_key_env=None,
+        capabilities=["bash"],
+        script=[
+            ScriptedTurn(
+                tool_calls=[ScriptedToolCall(name="bash", arguments={"command": command})]
+            ),
+            ScriptedTurn(content="never"),
+        ],
+    )
+    own = make_settings(agent_types={"shell": spec})
+    async with api_client(own) as http:
+        created = await start(http, alice, "shell")
+        worker = asyncio.create_task(run_worker(own))
+        pid_file = own.workspace_base / created["id"] / "child.pid"
+
+        async def sleeping() -> bool:
+            return pid_file.exists() and pid_file.read_text().strip() != ""
+
+        await wait_for(sleeping)
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)  # running
+        await control(http, alice, created["id"], "cancel")
+        await asyncio.wait_for(worker, 5)
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    for _ in range(200):
+        if gone():
+            break
+        await asyncio.sleep(0.01)
+    assert gone(), "the command's process survived the cancel"
+    assert (await load(sessions, created["id"])).status == "cancelled"
