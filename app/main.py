@@ -8,11 +8,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import health
+from app.admin.router import router as admin_router
 from app.config import Settings
 from app.db import create_engine, session_factory
 from app.errors import install_error_handlers
 from app.executions.router import router as executions_router
 from app.redis import arq_pool
+from app.streams.hub import Hub
+from app.streams.router import router as streams_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,6 +30,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         assert resolved.redis_url
         db = create_engine(resolved.database_url, pool_size=resolved.db_pool_size)
         redis = await arq_pool(resolved.redis_url)
+        hub = Hub(resolved.redis_url)
+        await hub.start()
+        app.state.hub = hub
         app.state.settings = resolved
         app.state.db = db
         app.state.sessions = session_factory(db)
@@ -34,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await hub.close()
             await redis.aclose()
             await db.dispose()
 
@@ -46,4 +53,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(executions_router)
+    app.include_router(admin_router)
+    app.include_router(streams_router)
     return app

@@ -159,6 +159,7 @@ class ChunkRunner:
             else None
         )
         context = {
+            "step_number": record.number,
             "step_type": record.kind,
             "has_tool_calls": bool(record.tool_names),
             "tool_names": record.tool_names,
@@ -188,7 +189,11 @@ class ChunkRunner:
             raise LeaseLost
         published = [
             events.step_completed(
-                self.id, written.log_id, written.created_at, context, record.number
+                self.id,
+                written.log_id,
+                written.created_at,
+                {k: v for k, v in context.items() if k != "step_number"},
+                record.number,
             )
         ]
         status = Status(written.status)

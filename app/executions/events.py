@@ -11,6 +11,8 @@ from redis.asyncio import Redis
 
 STEP_COMPLETED = "step.completed"
 STATUS_CHANGED = "status.changed"
+ADMIN_CHANNEL = "admin.agents"
+LOG = "log"
 
 
 def execution_channel(execution_id: uuid.UUID | str) -> str:
@@ -79,10 +81,10 @@ def status_changed(
 
 
 async def publish(redis: Redis, execution_id: uuid.UUID, user_id: int, events: list[Event]) -> None:
-    """Send events to the execution's and the owner's channels in one round trip."""
+    """Send events to the execution's, the owner's and the admins' channels in one round trip."""
     if not events:
         return
-    channels = (execution_channel(execution_id), user_channel(user_id))
+    channels = (execution_channel(execution_id), user_channel(user_id), ADMIN_CHANNEL)
     async with redis.pipeline(transaction=False) as pipe:
         for event in events:
             payload = event.encode()

@@ -1,0 +1,138 @@
+"""One Redis pub/sub connection per API process, fanned out to every live stream.
+
+A stream subscribes to a channel through the hub; the hub subscribes Redis to the channel for
+the first local subscriber and unsubscribes after the last. ``subscribe`` returns only once
+Redis confirmed the subscription, so a stream can then replay from the database knowing that
+nothing committed afterwards can be missed. Each subscriber has a bounded queue: a client too
+slow to keep up is cut off (``overflowed``), never buffered without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 1000
+_IDLE_CHANNEL = "hub.idle"  # keeps the connection in subscribe mode while nobody listens
+
+
+class Subscription:
+    def __init__(self, channel: str, size: int) -> None:
+        self.channel = channel
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=size)
+        self.overflowed = False
+
+    def deliver(self, data: bytes) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(data)
+        except asyncio.QueueFull:
+            # Too slow a reader: mark it and wake it so it ends its stream.
+            self.overflowed = True
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+class Hub:
+    def __init__(self, redis_url: str, queue_size: int = QUEUE_SIZE) -> None:
+        self._redis = Redis.from_url(redis_url)
+        self._queue_size = queue_size
+        self._pubsub: PubSub | None = None
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._pubsub = self._redis.pubsub()
+        await self._pubsub.subscribe(_IDLE_CHANNEL)
+        self._reader = asyncio.create_task(self._read())
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        for subscribers in self._subscribers.values():
+            for subscription in subscribers:
+                subscription.overflowed = True
+                with contextlib.suppress(asyncio.QueueFull):
+                    subscription.queue.put_nowait(None)
+        if self._pubsub is not None:
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._redis.aclose()
+
+    async def subscribe(self, channel: str) -> Subscription:
+        assert self._pubsub is not None, "the hub is not started"
+        subscription = Subscription(channel, self._queue_size)
+        async with self._lock:
+            first = not self._subscribers[channel]
+            self._subscribers[channel].add(subscription)
+            if first:
+                confirmed = asyncio.get_running_loop().create_future()
+                self._confirmed[channel] = confirmed
+                await self._pubsub.subscribe(channel)
+            else:
+                confirmed = self._confirmed[channel]
+        await asyncio.wait_for(asyncio.shield(confirmed), 10)
+        return subscription
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        assert self._pubsub is not None
+        async with self._lock:
+            subscribers = self._subscribers.get(subscription.channel)
+            if not subscribers:
+                return
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[subscription.channel]
+                self._confirmed.pop(subscription.channel, None)
+                await self._pubsub.unsubscribe(subscription.channel)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            try:
+                message = await self._pubsub.get_message(timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("pub/sub connection failed; streams end", exc_info=True)
+                self._fail_all()
+                await asyncio.sleep(1.0)
+                continue
+            if message is not None:
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        channel = message["channel"]
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        if message["type"] == "subscribe":
+            confirmed = self._confirmed.get(name)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_result(None)
+        elif message["type"] == "message":
+            for subscription in list(self._subscribers.get(name, ())):
+                subscription.deliver(message["data"])
+
+    def _fail_all(self) -> None:
+        """Streams cannot trust their feed after a connection loss: end them (clients resume)."""
+        for subscribers in self._subscribers.values():
+            for subscription in subscribers:
+                subscription.overflowed = True
+                with contextlib.suppress(asyncio.QueueFull):
+                    subscription.queue.put_nowait(None)

@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, WebSocket
+from sse_starlette.sse import EventSourceResponse
+
+from app.deps import AdminUser, CurrentUser, SessionDep
+from app.errors import ExecutionNotFound, Forbidden, Unauthorized
+from app.executions.manager import get_visible_execution
+from app.executions.repository import get_execution
+from app.streams.sse import execution_events
+from app.streams.websocket import serve_dashboard_socket
+
+router = APIRouter(tags=["streams"])
+
+KEEP_ALIVE_SECONDS = 15
+# A client that cannot take a message for this long is disconnected instead of buffered.
+SEND_TIMEOUT_SECONDS = 30
+
+_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"text/event-stream": {}},
+        "description": "Server-sent events: `step.completed`, `status.changed`, `log`, and a "
+        "final `finished` `{status}` when the execution is terminal. Each event's id is its "
+        "`agent_logs` id: reconnect with `Last-Event-ID` (or `after_id`) to resume.",
+    },
+    **Unauthorized.openapi(),
+    **ExecutionNotFound.openapi(),
+}
+
+
+def _cursor(last_event_id: str | None, after_id: int | None) -> int:
+    if last_event_id and last_event_id.strip().isdigit():
+        return int(last_event_id.strip())
+    return after_id or 0
+
+
+def _stream(request: Request, execution_id: uuid.UUID, after: int) -> EventSourceResponse:
+    state = request.app.state
+    return EventSourceResponse(
+        execution_events(state.hub, state.sessions, execution_id, after),
+        ping=KEEP_ALIVE_SECONDS,
+        send_timeout=SEND_TIMEOUT_SECONDS,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
+    "/api/agents/{execution_id}/events",
+    operation_id="streamExecutionEvents",
+    summary="Live progress of an execution (SSE), resumable",
+    response_class=EventSourceResponse,
+    responses=_STREAM_RESPONSES,
+)
+async def stream_execution_events(
+    execution_id: uuid.UUID,
+    request: Request,
+    user: CurrentUser,
+    session: SessionDep,
+    after_id: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    execution = await get_visible_execution(session, user, execution_id)
+    return _stream(request, execution.id, _cursor(last_event_id, after_id))
+
+
+@router.get(
+    "/api/admin/agents/{execution_id}/stream",
+    operation_id="adminStreamExecution",
+    summary="Live progress of any execution (SSE), for admins",
+    response_class=EventSourceResponse,
+    responses={**_STREAM_RESPONSES, **Forbidden.openapi()},
+)
+async def admin_stream_execution(
+    execution_id: uuid.UUID,
+    request: Request,
+    admin: AdminUser,
+    session: SessionDep,
+    after_id: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    if await get_execution(session, execution_id) is None:
+        raise ExecutionNotFound(f"No execution {execution_id}.")
+    return _stream(request, execution_id, _cursor(last_event_id, after_id))
+
+
+@router.websocket("/api/ws")
+async def dashboard_socket(websocket: WebSocket) -> None:
+    """Dashboard subscriptions; authenticate with the bearer token or ``?token=``."""
+    state = websocket.app.state
+    await serve_dashboard_socket(websocket, state.hub, state.sessions)

@@ -1,0 +1,121 @@
+"""Resumable progress streams: replay what the database holds after the client's cursor, then
+relay live events, with no gap and no duplicate.
+
+Order matters: subscribe first (the hub returns once Redis confirmed it), then replay from
+``agent_logs`` after the cursor, then relay live messages, skipping ids already sent. An event
+committed while the replay runs arrives both ways; the id check drops the second copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sse_starlette.event import ServerSentEvent
+
+from app.executions import events, repository
+from app.executions.models import Execution, ExecutionLog
+from app.executions.status import TERMINAL, Status
+from app.streams.hub import Hub
+
+REPLAY_BATCH = 500
+FINISHED = "finished"
+_STATUS_EVENT_TYPES = {
+    "status_changed", "paused", "resumed", "cancelled", "force_killed", "input_received",
+    "subagents_finished",
+}  # fmt: skip
+
+
+def replayed_event(row: ExecutionLog, execution: Execution) -> events.Event:
+    """The event a stored log row stands for, shaped as the live one was."""
+    if row.event_type == "step_completed":
+        context = {k: v for k, v in row.context.items() if k != "step_number"}
+        step_number = row.context.get("step_number") or _step_number(row.message)
+        return events.step_completed(
+            execution.id, row.id, row.created_at, context, int(step_number)
+        )
+    if row.event_type in _STATUS_EVENT_TYPES and "to" in row.context:
+        status = Status(row.context["to"])
+        return events.status_changed(
+            execution.id, row.id, status, step_count=execution.step_count,
+            token_usage=execution.token_usage,
+            completed_at=execution.completed_at if status in TERMINAL else None,
+        )  # fmt: skip
+    return events.Event(
+        events.LOG,
+        row.id,
+        {
+            "execution_id": str(execution.id),
+            "level": row.level,
+            "event_type": row.event_type,
+            "message": row.message,
+            "context": row.context,
+            "timestamp": row.created_at.isoformat(),
+        },
+    )
+
+
+def _step_number(message: str) -> int:
+    parts = message.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+def _sse(event: events.Event) -> ServerSentEvent:
+    return ServerSentEvent(
+        data=json.dumps(event.data, default=str), event=event.name, id=str(event.id)
+    )
+
+
+def _finished(status: str) -> ServerSentEvent:
+    return ServerSentEvent(data=json.dumps({"status": status}), event=FINISHED)
+
+
+async def execution_events(
+    hub: Hub,
+    sessions: async_sessionmaker[AsyncSession],
+    execution_id: uuid.UUID,
+    after_id: int,
+) -> AsyncIterator[ServerSentEvent]:
+    """The SSE events of one execution after log id ``after_id``, until it is terminal."""
+    subscription = await hub.subscribe(events.execution_channel(execution_id))
+    try:
+        last_id = after_id
+        async with sessions() as session:
+            while True:
+                execution = await session.get(Execution, execution_id, populate_existing=True)
+                if execution is None:
+                    return
+                rows = await repository.list_logs(
+                    session, execution_id, after_id=last_id, limit=REPLAY_BATCH
+                )
+                for row in rows:
+                    yield _sse(replayed_event(row, execution))
+                    last_id = row.id
+                if len(rows) < REPLAY_BATCH:
+                    break
+            status = execution.status
+        if status in TERMINAL:
+            yield _finished(status)
+            return
+        while True:
+            data = await subscription.queue.get()
+            if data is None:  # too slow, or the feed was lost: the client resumes from last_id
+                return
+            message: dict[str, Any] = json.loads(data)
+            if message["id"] <= last_id:
+                continue
+            last_id = message["id"]
+            yield ServerSentEvent(
+                data=json.dumps(message["data"]), event=message["event"], id=str(last_id)
+            )
+            if message["event"] == events.STATUS_CHANGED:
+                current = message["data"]["status"]
+                if current in TERMINAL:
+                    yield _finished(current)
+                    return
+    finally:
+        await asyncio.shield(hub.unsubscribe(subscription))

@@ -1,0 +1,167 @@
+"""The dashboard WebSocket: one connection, many subscriptions, each authorized.
+
+Client messages: ``{"action": "subscribe" | "unsubscribe", "channel": ...}`` and
+``{"action": "ping"}``. Channels: ``agent.<execution id>`` (owner or admin),
+``user.<user id>.agents`` (that user or an admin) and ``admin.agents`` (admins). Server
+messages: ``{"channel", "event", "id", "data"}`` for events, ``{"event": "subscribed" |
+"unsubscribed" | "pong", ...}`` acknowledgements and ``{"event": "error", "error", "channel"?}``.
+Close codes: 4401 without a valid token, 1013 when the client cannot keep up, 1000 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from typing import Any
+
+from fastapi import WebSocket, WebSocketDisconnect
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.auth.models import User
+from app.auth.service import authenticate
+from app.db import transaction
+from app.executions import events
+from app.executions.repository import get_execution
+from app.streams.hub import Hub, Subscription
+
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_TOO_SLOW = 1013
+MAX_SUBSCRIPTIONS = 200
+
+
+def token_of(websocket: WebSocket) -> str:
+    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return websocket.query_params.get("token", "").strip()
+
+
+async def may_subscribe(
+    sessions: async_sessionmaker[AsyncSession], user: User, channel: str
+) -> str | None:
+    """None if ``user`` may follow ``channel``, else why not."""
+    if channel == events.ADMIN_CHANNEL:
+        return None if user.is_admin else "admin.agents is for admins"
+    parts = channel.split(".")
+    if len(parts) == 3 and parts[0] == "user" and parts[2] == "agents":
+        if parts[1] == str(user.id) or user.is_admin:
+            return None
+        return "not your channel"
+    if len(parts) == 2 and parts[0] == "agent":
+        try:
+            execution_id = uuid.UUID(parts[1])
+        except ValueError:
+            return "unknown channel"
+        async with sessions() as session:
+            owner = None if user.is_admin else user.id
+            found = await get_execution(session, execution_id, user_id=owner)
+        return None if found is not None else "no such execution"
+    return "unknown channel"
+
+
+class Connection:
+    """One dashboard socket and its subscriptions."""
+
+    def __init__(self, websocket: WebSocket, hub: Hub, user: User) -> None:
+        self.websocket = websocket
+        self.hub = hub
+        self.user = user
+        self.relays: dict[str, tuple[Subscription, asyncio.Task[None]]] = {}
+        self.send_lock = asyncio.Lock()
+        self.too_slow = asyncio.Event()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self.send_lock:
+            await self.websocket.send_text(json.dumps(message, default=str))
+
+    async def subscribe(self, channel: str) -> None:
+        if channel in self.relays:
+            await self.send({"event": "subscribed", "channel": channel})
+            return
+        if len(self.relays) >= MAX_SUBSCRIPTIONS:
+            await self.send(
+                {"event": "error", "error": "too many subscriptions", "channel": channel}
+            )
+            return
+        subscription = await self.hub.subscribe(channel)
+        self.relays[channel] = (subscription, asyncio.create_task(self._relay(subscription)))
+        await self.send({"event": "subscribed", "channel": channel})
+
+    async def unsubscribe(self, channel: str) -> None:
+        relay = self.relays.pop(channel, None)
+        if relay is not None:
+            subscription, task = relay
+            task.cancel()
+            await self.hub.unsubscribe(subscription)
+        await self.send({"event": "unsubscribed", "channel": channel})
+
+    async def close(self) -> None:
+        for channel in list(self.relays):
+            subscription, task = self.relays.pop(channel)
+            task.cancel()
+            await asyncio.shield(self.hub.unsubscribe(subscription))
+
+    async def _relay(self, subscription: Subscription) -> None:
+        while True:
+            data = await subscription.queue.get()
+            if data is None:
+                self.too_slow.set()
+                return
+            message = json.loads(data)
+            await self.send({"channel": subscription.channel, **message})
+
+
+async def serve_dashboard_socket(
+    websocket: WebSocket, hub: Hub, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    async with transaction(sessions) as session:
+        user = await authenticate(session, token_of(websocket))
+    # Accept first even to refuse: a browser can read a close code, not a handshake status.
+    await websocket.accept()
+    if user is None:
+        await websocket.close(code=CLOSE_UNAUTHORIZED, reason="a valid API token is required")
+        return
+    connection = Connection(websocket, hub, user)
+    receiving = asyncio.create_task(_receive(connection, sessions))
+    cut_off = asyncio.create_task(connection.too_slow.wait())
+    try:
+        done, _ = await asyncio.wait({receiving, cut_off}, return_when=asyncio.FIRST_COMPLETED)
+        if cut_off in done:
+            await websocket.close(code=CLOSE_TOO_SLOW, reason="too slow: reconnect and resume")
+    finally:
+        receiving.cancel()
+        cut_off.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
+            await receiving
+        await connection.close()
+
+
+async def _receive(connection: Connection, sessions: async_sessionmaker[AsyncSession]) -> None:
+    websocket = connection.websocket
+    while True:
+        try:
+            raw = await websocket.receive_text()
+        except WebSocketDisconnect:
+            return
+        try:
+            message = json.loads(raw)
+            action = message["action"]
+        except (ValueError, KeyError, TypeError):
+            await connection.send({"event": "error", "error": 'expected {"action": ...}'})
+            continue
+        channel = message.get("channel")
+        if action == "ping":
+            await connection.send({"event": "pong"})
+        elif action in ("subscribe", "unsubscribe") and isinstance(channel, str):
+            if action == "unsubscribe":
+                await connection.unsubscribe(channel)
+                continue
+            refused = await may_subscribe(sessions, connection.user, channel)
+            if refused is not None:
+                await connection.send({"event": "error", "error": refused, "channel": channel})
+            else:
+                await connection.subscribe(channel)
+        else:
+            await connection.send({"event": "error", "error": f"unknown action {action!r}"})

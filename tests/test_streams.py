@@ -1,0 +1,199 @@
+"""Live progress over SSE: replay then live, resumable, across API replicas, slow clients cut."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+import pytest
+
+from app.executions.events import execution_channel
+from app.streams.hub import Hub
+from tests.conftest import scripted_type
+from tests.fixtures.api import live_api
+from tests.fixtures.users import make_account
+from tests.test_engine import start
+from tests.test_processes import service_env
+
+
+async def read_events(
+    http: httpx.AsyncClient, url: str, headers: dict[str, str], *, stop_after: int | None = None
+) -> list[dict[str, Any]]:
+    """SSE events as {event, id, data} until the stream ends (or ``stop_after`` events)."""
+    received: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    async with http.stream("GET", url, headers=headers, timeout=30) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        async for line in response.aiter_lines():
+            if not line:
+                if "event" in current:
+                    current["data"] = json.loads(current["data"])
+                    received.append(current)
+                    if stop_after is not None and len(received) >= stop_after:
+                        break
+                current = {}
+                continue
+            field, _, value = line.partition(":")
+            if field in ("event", "id", "data"):
+                current[field] = value.strip()
+    return received
+
+
+def summary(received: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    return [(e["event"], e["data"].get("status") or e["data"].get("step_number")) for e in received]
+
+
+async def test_sse_replays_then_streams_live_until_finished(alice, make_settings, run_worker):
+    settings = make_settings(agent_types={"slow": scripted_type(3, delay=0.1)})
+    async with live_api(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        created = await start(http, alice, "slow")
+        worker = asyncio.create_task(run_worker(settings))
+        received = await read_events(http, f"/api/agents/{created['id']}/events", alice.headers)
+        await worker
+    assert summary(received) == [
+        ("status.changed", "pending"),
+        ("status.changed", "running"),
+        ("step.completed", 1),
+        ("step.completed", 2),
+        ("step.completed", 3),
+        ("status.changed", "completed"),
+        ("finished", "completed"),
+    ]
+    ids = [int(e["id"]) for e in received if "id" in e]
+    assert ids == sorted(set(ids))
+    step = received[2]["data"]
+    assert {"execution_id", "step_number", "step_type", "has_tool_calls", "tool_names",
+            "tokens_used", "timestamp"} <= set(step)  # fmt: skip
+
+
+async def test_reconnecting_with_last_event_id_misses_and_repeats_nothing(
+    alice, make_settings, run_worker
+):
+    settings = make_settings(agent_types={"slow": scripted_type(6, delay=0.1)})
+    async with live_api(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        created = await start(http, alice, "slow")
+        worker = asyncio.create_task(run_worker(settings))
+        url = f"/api/agents/{created['id']}/events"
+        first = await read_events(http, url, alice.headers, stop_after=4)  # ... step 2
+        assert first[-1]["event"] == "step.completed"
+        resume = {**alice.headers, "Last-Event-ID": first[-1]["id"]}
+        second = await read_events(http, url, resume)
+        await worker
+    steps = [e["data"]["step_number"] for e in first + second if e["event"] == "step.completed"]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert second[-1] == {"event": "finished", "data": {"status": "completed"}}
+    # after_id in the query works the same way
+    async with live_api(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        tail = await read_events(http, f"{url}?after_id={first[-1]['id']}", alice.headers)
+    assert [e["event"] for e in tail] == [e["event"] for e in second]
+
+
+async def test_a_finished_execution_replays_and_closes(alice, make_settings, run_worker):
+    settings = make_settings()
+    async with live_api(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        created = await start(http, alice, "steps-3")
+        await run_worker(settings)
+        received = await read_events(http, f"/api/agents/{created['id']}/events", alice.headers)
+    assert received[-1]["event"] == "finished"
+    assert [e["event"] for e in received].count("step.completed") == 3
+
+
+async def test_streams_are_private_and_the_admin_stream_is_admin_only(
+    alice, bob, sessions, make_settings
+):
+    admin = await make_account(sessions, "root@example.com", is_admin=True)
+    settings = make_settings()
+    async with live_api(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        created = await start(http, alice, "steps-3")
+        url = f"/api/agents/{created['id']}/events"
+        assert (await http.get(url, headers=bob.headers)).status_code == 404
+        assert (await http.get(url)).status_code == 401
+        admin_url = f"/api/admin/agents/{created['id']}/stream"
+        assert (await http.get(admin_url, headers=alice.headers)).status_code == 403
+        first = await read_events(http, admin_url, admin.headers, stop_after=1)
+        assert first[0]["data"]["status"] == "pending"
+        owner_view = await read_events(http, url, admin.headers, stop_after=1)
+        assert owner_view == first
+
+
+async def test_two_api_replicas_stream_the_same_events(
+    alice, settings, tmp_path, make_settings, run_worker
+):
+    env = service_env(settings, tmp_path)
+    ports = [18900 + (i * 7) + (hash(str(tmp_path)) % 500) for i in range(2)]
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(port)], env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]  # fmt: skip
+    own = make_settings()
+    try:
+        clients = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}") for p in ports]
+        for client in clients:
+            for _ in range(300):
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+        created = await start(clients[0], alice, "demo")  # a type the replicas know
+        url = f"/api/agents/{created['id']}/events"
+        readers = [asyncio.create_task(read_events(c, url, alice.headers)) for c in clients]
+        await asyncio.sleep(0.3)
+        await run_worker(own)
+        streams = await asyncio.gather(*readers)
+        for client in clients:
+            await client.aclose()
+    finally:
+        for replica in replicas:
+            replica.terminate()
+            replica.wait(10)
+    assert streams[0] == streams[1]
+    assert streams[0][-1]["event"] == "finished"
+    assert [e["event"] for e in streams[0]].count("step.completed") == 3
+
+
+async def test_a_subscriber_that_does_not_read_is_cut_off_not_buffered(test_redis_url, redis):
+    hub = Hub(test_redis_url, queue_size=10)
+    await hub.start()
+    try:
+        channel = execution_channel("slow-reader")
+        slow = await hub.subscribe(channel)
+        fast = await hub.subscribe(channel)
+        for number in range(50):
+            await redis.publish(channel, json.dumps({"n": number}))
+            if number % 5 == 0:  # the fast one keeps up
+                while not fast.queue.empty():
+                    fast.queue.get_nowait()
+        for _ in range(100):
+            if slow.overflowed:
+                break
+            await asyncio.sleep(0.01)
+        assert slow.overflowed
+        assert slow.queue.qsize() <= 10
+        assert not fast.overflowed  # one slow client does not hold the others back
+        await hub.unsubscribe(slow)
+        await hub.unsubscribe(fast)
+        assert hub.subscriber_count == 0
+    finally:
+        await hub.close()
+
+
+@pytest.mark.parametrize("header", ["abc", "-5"])
+async def test_a_garbled_last_event_id_replays_from_the_start(alice, make_settings, header):
+    settings = make_settings()
+    async with live_api(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        created = await start(http, alice, "steps-3")
+        got = await read_events(
+            http, f"/api/agents/{created['id']}/events",
+            {**alice.headers, "Last-Event-ID": header}, stop_after=1,
+        )  # fmt: skip
+    assert got[0]["data"]["status"] == "pending"

@@ -1,0 +1,114 @@
+"""The dashboard WebSocket through a real server and a real WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from tests.fixtures.api import live_api
+from tests.fixtures.users import make_account
+from tests.test_engine import start
+
+
+def ws_url(base: str, token: str | None = None) -> str:
+    url = base.replace("http://", "ws://") + "/api/ws"
+    return f"{url}?token={token}" if token else url
+
+
+async def send(ws: ClientConnection, **message: Any) -> None:
+    await ws.send(json.dumps(message))
+
+
+async def receive(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    return message
+
+
+async def test_subscriptions_deliver_events_of_authorized_channels(
+    alice, bob, make_settings, run_worker
+):
+    settings = make_settings()
+    async with live_api(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        created = await start(http, alice, "steps-3")
+        headers = {"Authorization": f"Bearer {alice.token}"}
+        async with connect(ws_url(base), additional_headers=headers) as ws:
+            await send(ws, action="subscribe", channel=f"agent.{created['id']}")
+            assert await receive(ws) == {
+                "event": "subscribed", "channel": f"agent.{created['id']}"
+            }  # fmt: skip
+            await send(ws, action="subscribe", channel=f"user.{alice.user.id}.agents")
+            assert (await receive(ws))["event"] == "subscribed"
+            await send(ws, action="subscribe", channel=f"user.{bob.user.id}.agents")
+            refused = await receive(ws)
+            assert refused["event"] == "error"
+            assert refused["channel"] == f"user.{bob.user.id}.agents"
+            await run_worker(settings)
+            messages = [await receive(ws) for _ in range(10)]
+    by_channel: dict[str, list[tuple[str, Any]]] = {}
+    for m in messages:
+        key = m["data"].get("status") or m["data"].get("step_number")
+        by_channel.setdefault(m["channel"], []).append((m["event"], key))
+        assert isinstance(m["id"], int)
+    expected = [
+        ("status.changed", "running"), ("step.completed", 1), ("step.completed", 2),
+        ("step.completed", 3), ("status.changed", "completed"),
+    ]  # fmt: skip
+    assert by_channel == {
+        f"agent.{created['id']}": expected,
+        f"user.{alice.user.id}.agents": expected,
+    }
+
+
+async def test_another_users_execution_and_the_admin_channel_are_refused(
+    alice, bob, sessions, make_settings, run_worker
+):
+    settings = make_settings()
+    admin = await make_account(sessions, "root@example.com", is_admin=True)
+    async with live_api(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        created = await start(http, alice, "steps-3")
+        async with connect(ws_url(base, bob.token)) as ws:
+            for channel in (f"agent.{created['id']}", "admin.agents", "agent.nope", "x.y"):
+                await send(ws, action="subscribe", channel=channel)
+                message = await receive(ws)
+                assert (message["event"], message["channel"]) == ("error", channel)
+        async with connect(ws_url(base, admin.token)) as ws:
+            await send(ws, action="subscribe", channel="admin.agents")
+            assert (await receive(ws))["event"] == "subscribed"
+            await send(ws, action="subscribe", channel=f"agent.{created['id']}")
+            assert (await receive(ws))["event"] == "subscribed"
+            await run_worker(settings)
+            first = await receive(ws)
+            assert first["event"] == "status.changed"
+            assert first["data"]["execution_id"] == created["id"]
+
+
+async def test_protocol_messages_and_close_codes(alice, make_settings):
+    settings = make_settings()
+    async with live_api(settings) as base:
+        with pytest.raises(ConnectionClosed) as closed:
+            async with connect(ws_url(base)) as ws:
+                await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4401
+        with pytest.raises(ConnectionClosed) as closed:
+            async with connect(ws_url(base, "wrong")) as ws:
+                await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4401
+        async with connect(ws_url(base, alice.token)) as ws:
+            await send(ws, action="ping")
+            assert await receive(ws) == {"event": "pong"}
+            await ws.send("not json")
+            assert (await receive(ws))["event"] == "error"
+            await send(ws, action="dance")
+            assert (await receive(ws))["error"] == "unknown action 'dance'"
+            await send(ws, action="unsubscribe", channel="admin.agents")
+            assert (await receive(ws))["event"] == "unsubscribed"
+            await ws.close()
+            assert ws.close_code == 1000
