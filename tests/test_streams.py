@@ -169,7 +169,9 @@ async def test_a_subscriber_that_does_not_read_is_cut_off_not_buffered(test_redi
         slow = await hub.subscribe(channel)
         fast = await hub.subscribe(channel)
         for number in range(50):
-            await redis.publish(channel, json.dumps({"n": number}))
+            await redis.publish(
+                channel, json.dumps({"event": "log", "id": number, "data": {"n": number}})
+            )
             if number % 5 == 0:  # the fast one keeps up
                 while not fast.queue.empty():
                     fast.queue.get_nowait()

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -24,13 +26,36 @@ QUEUE_SIZE = 1000
 _IDLE_CHANNEL = "hub.idle"  # keeps the connection in subscribe mode while nobody listens
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """One event from a channel, decoded and encoded once for all of its subscribers."""
+
+    id: int
+    event: str
+    data: dict[str, Any]
+    data_json: str
+    """``data`` as JSON (the SSE data line)."""
+    socket_text: str
+    """The whole WebSocket message: ``{"channel", "event", "id", "data"}``."""
+
+    @classmethod
+    def decode(cls, channel: str, raw: bytes) -> Published:
+        message = json.loads(raw)
+        data_json = json.dumps(message["data"])
+        socket_text = (
+            f'{{"channel": {json.dumps(channel)}, "event": {json.dumps(message["event"])}, '
+            f'"id": {int(message["id"])}, "data": {data_json}}}'
+        )
+        return cls(int(message["id"]), message["event"], message["data"], data_json, socket_text)
+
+
 class Subscription:
     def __init__(self, channel: str, size: int) -> None:
         self.channel = channel
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=size)
+        self.queue: asyncio.Queue[Published | None] = asyncio.Queue(maxsize=size)
         self.overflowed = False
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: Published) -> None:
         if self.overflowed:
             return
         try:
@@ -126,8 +151,16 @@ class Hub:
             if confirmed is not None and not confirmed.done():
                 confirmed.set_result(None)
         elif message["type"] == "message":
-            for subscription in list(self._subscribers.get(name, ())):
-                subscription.deliver(message["data"])
+            subscribers = list(self._subscribers.get(name, ()))
+            if not subscribers:
+                return
+            try:
+                published = Published.decode(name, message["data"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("dropping a malformed message on %s", name)
+                return
+            for subscription in subscribers:
+                subscription.deliver(published)
 
     def _fail_all(self) -> None:
         """Streams cannot trust their feed after a connection loss: end them (clients resume)."""

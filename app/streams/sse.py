@@ -12,7 +12,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sse_starlette.event import ServerSentEvent
@@ -102,18 +101,15 @@ async def execution_events(
             yield _finished(status)
             return
         while True:
-            data = await subscription.queue.get()
-            if data is None:  # too slow, or the feed was lost: the client resumes from last_id
+            published = await subscription.queue.get()
+            if published is None:  # too slow, or the feed was lost: the client resumes
                 return
-            message: dict[str, Any] = json.loads(data)
-            if message["id"] <= last_id:
+            if published.id <= last_id:
                 continue
-            last_id = message["id"]
-            yield ServerSentEvent(
-                data=json.dumps(message["data"]), event=message["event"], id=str(last_id)
-            )
-            if message["event"] == events.STATUS_CHANGED:
-                current = message["data"]["status"]
+            last_id = published.id
+            yield ServerSentEvent(data=published.data_json, event=published.event, id=str(last_id))
+            if published.event == events.STATUS_CHANGED:
+                current = published.data["status"]
                 if current in TERMINAL:
                     yield _finished(current)
                     return

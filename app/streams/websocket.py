@@ -105,12 +105,12 @@ class Connection:
 
     async def _relay(self, subscription: Subscription) -> None:
         while True:
-            data = await subscription.queue.get()
-            if data is None:
+            published = await subscription.queue.get()
+            if published is None:
                 self.too_slow.set()
                 return
-            message = json.loads(data)
-            await self.send({"channel": subscription.channel, **message})
+            async with self.send_lock:
+                await self.websocket.send_text(published.socket_text)
 
 
 async def serve_dashboard_socket(
