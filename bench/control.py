@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -38,16 +37,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bench.engine import (
-    BENCH_DATABASE,
     RESULTS_DIR,
     ROOT,
     Children,
-    create_account,
-    free_port,
     latency_summary,
-    recreate_database,
-    resolve_services,
-    wait_ready,
+    launch_service,
 )
 
 STEP_SECONDS = 0.05
@@ -160,10 +154,6 @@ async def _next_event(pubsub: Any, execution_id: str, name: str, status: str | N
 
 
 async def run(trials: int, children: Children, workspace: Path) -> dict[str, Any]:
-    from redis.asyncio import Redis
-
-    from app.cli import migrate
-    from app.config import Settings
     from app.executions.events import user_channel
 
     provider = HangingProvider()
@@ -176,25 +166,15 @@ async def run(trials: int, children: Children, workspace: Path) -> dict[str, Any
     provider_port = server.servers[0].sockets[0].getsockname()[1]
     config = workspace / "control.toml"
     config.write_text(config_toml(f"http://127.0.0.1:{provider_port}/v1", workspace / "ws"))
-    os.environ["AGENTS_CONFIG_FILE"] = str(config)
-
-    server_url, redis_url, _ = resolve_services()
-    database_url = await recreate_database(server_url, BENCH_DATABASE)
-    os.environ["DATABASE_URL"] = database_url
-    await migrate(Settings())
-    redis = Redis.from_url(redis_url)
-    await redis.flushdb()
-    user_id, token = await create_account(database_url)
-    port = free_port()
-    children.start("api", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)])
-    children.start("worker", [sys.executable, "-m", "app.cli", "worker"])
-    base_url = f"http://127.0.0.1:{port}"
+    service = await launch_service(children, config)
+    redis = service.redis
     pubsub = redis.pubsub()
-    await pubsub.subscribe(user_channel(user_id))
+    await pubsub.subscribe(user_channel(service.user_id))
     try:
-        await wait_ready(children, base_url, redis)
-        headers = {"Authorization": f"Bearer {token}"}
-        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60) as client:
+        headers = {"Authorization": f"Bearer {service.token}"}
+        async with httpx.AsyncClient(
+            base_url=service.base_url, headers=headers, timeout=60
+        ) as client:
             print(f"cancel: {trials} trials inside a hanging model call", flush=True)
             cancels = [await cancel_trial(client, provider) for _ in range(trials)]
             print(f"pause: {trials} trials with {STEP_SECONDS * 1000:.0f} ms steps", flush=True)

@@ -1056,3 +1056,37 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@dataclass
+class Service:
+    """The API and worker processes a benchmark runs against, ready to take requests."""
+
+    base_url: str
+    token: str
+    user_id: int
+    redis: Any
+
+
+async def launch_service(children: Children, config: Path) -> Service:
+    """Fresh bench database and Redis database, the settings file ``config``, one API process
+    and one worker process, and a bench user; returns once both processes are ready."""
+    from redis.asyncio import Redis
+
+    from app.cli import migrate
+    from app.config import Settings
+
+    os.environ["AGENTS_CONFIG_FILE"] = str(config)
+    server_url, redis_url, _ = resolve_services()
+    database_url = await recreate_database(server_url, BENCH_DATABASE)
+    os.environ["DATABASE_URL"] = database_url
+    await migrate(Settings())
+    redis = Redis.from_url(redis_url)
+    await redis.flushdb()
+    user_id, token = await create_account(database_url)
+    port = free_port()
+    children.start("api", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)])
+    children.start("worker", [sys.executable, "-m", "app.cli", "worker"])
+    base_url = f"http://127.0.0.1:{port}"
+    await wait_ready(children, base_url, redis)
+    return Service(base_url, token, user_id, redis)

@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -30,17 +29,12 @@ import httpx
 from websockets.asyncio.client import connect
 
 from bench.engine import (
-    BENCH_DATABASE,
     RESULTS_DIR,
     ROOT,
     Children,
     RssSampler,
-    create_account,
-    free_port,
     latency_summary,
-    recreate_database,
-    resolve_services,
-    wait_ready,
+    launch_service,
 )
 
 STEP_SECONDS = 0.1
@@ -170,28 +164,12 @@ async def run_transport(
 
 
 async def run(options: argparse.Namespace, children: Children, workspace: Path) -> dict[str, Any]:
-    from app.cli import migrate
-    from app.config import Settings
-
     config = workspace / "streams.toml"
     config.write_text(config_toml(options.steps, workspace / "ws"))
-    os.environ["AGENTS_CONFIG_FILE"] = str(config)
-    server_url, redis_url, _ = resolve_services()
-    database_url = await recreate_database(server_url, BENCH_DATABASE)
-    os.environ["DATABASE_URL"] = database_url
-    await migrate(Settings())
-    from redis.asyncio import Redis
-
-    redis = Redis.from_url(redis_url)
-    await redis.flushdb()
-    _, token = await create_account(database_url)
-    port = free_port()
-    children.start("api", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)])
-    children.start("worker", [sys.executable, "-m", "app.cli", "worker"])
-    base = f"http://127.0.0.1:{port}"
+    service = await launch_service(children, config)
+    base, token, redis = service.base_url, service.token, service.redis
     result: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
-        await wait_ready(children, base, redis)
         api_pid = children.processes["api"].pid
         for transport in ("sse", "ws"):
             print(f"{transport}: {options.clients} clients", flush=True)
