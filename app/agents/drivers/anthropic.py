@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
 from collections.abc import Sequence
 from typing import Any, Literal, Self
 
 import httpx
-from pydantic import BaseModel, ValidationError, model_validator
+from pydantic import BaseModel, model_validator
 
 from app.agents.drivers.base import ModelResponse
-from app.agents.drivers.openai import _provider_message, _snippet, parse_retry_after
-from app.agents.errors import ProviderError
+from app.agents.drivers.http import JsonApiDriver
 from app.agents.state import Message, ToolCall, Usage
-from app.agents.tools import ToolSpec, describe_validation_error
+from app.agents.tools import ToolSpec
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +23,7 @@ ANTHROPIC_VERSION = "2023-06-01"
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 
 
-class AnthropicDriver:
+class AnthropicDriver(JsonApiDriver["_Reply"]):
     """POSTs the conversation to the Messages endpoint, ``messages_url(base_url)``.
 
     ``base_url`` may be given with or without the API version: ``https://api.anthropic.com``
@@ -47,6 +44,11 @@ class AnthropicDriver:
     raise :class:`ProviderError` at once, never quoting the API key.
     """
 
+    retryable_statuses = RETRYABLE_STATUSES
+    request_name = "Anthropic messages request"
+    result_key = "content"
+    _logger = logger
+
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -60,112 +62,38 @@ class AnthropicDriver:
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
     ) -> None:
-        self.client = client
-        self.url = messages_url(base_url)
-        self.model = model
-        self.timeout = timeout
-        self.max_retries = max_retries
+        super().__init__(
+            client,
+            url=messages_url(base_url),
+            api_key=api_key,
+            model=model,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+        )
         self.max_output_tokens = max_output_tokens
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self._api_key = api_key or None
-        self._random = random.Random()
 
-    async def complete(
+    def _request_body(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec]
-    ) -> ModelResponse:
-        body = request_body(self.model, self.max_output_tokens, messages, tools)
+    ) -> dict[str, Any]:
+        return request_body(self.model, self.max_output_tokens, messages, tools)
+
+    def _headers(self) -> dict[str, str]:
         headers = {"anthropic-version": ANTHROPIC_VERSION, "content-type": "application/json"}
         if self._api_key:
             headers["x-api-key"] = self._api_key
-        attempts = max(self.max_retries, 0) + 1
-        for attempt in range(1, attempts + 1):
-            status: int | None = None
-            retry_after: float | None = None
-            try:
-                response = await self._post(body, headers)
-            except (httpx.TimeoutException, TimeoutError):
-                failure = f"no response within {self.timeout:g}s"
-            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-                raise self._error(f"invalid base URL: {exc}") from exc
-            except httpx.TransportError as exc:
-                failure = f"connection failed: {str(exc) or type(exc).__name__}"
-            except httpx.HTTPError as exc:  # undecodable body, redirect loop: waiting won't help
-                raise self._error(f"malformed response: {str(exc) or type(exc).__name__}") from exc
-            else:
-                if response.is_success:
-                    return self._parse(response, messages)
-                status = response.status_code
-                failure = f"HTTP {status}: {_provider_message(response)}"
-                if status not in RETRYABLE_STATUSES:
-                    raise self._error(failure, status_code=status)
-                retry_after = parse_retry_after(response.headers)
-            if attempt == attempts:
-                break
-            delay = self._backoff(attempt, retry_after)
-            logger.warning(
-                "model %s, attempt %d of %d: %s; retrying in %.2fs",
-                self.model,
-                attempt,
-                attempts,
-                self._redact(failure),
-                delay,
-            )
-            await asyncio.sleep(delay)
-        raise self._error(f"{failure} (gave up after {attempts} attempts)", status_code=status)
+        return headers
 
-    async def _post(self, body: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
-        # httpx's timeout applies to each phase (connect, each read...); the outer one bounds
-        # the whole exchange, so a server trickling bytes cannot hold a step forever.
-        async with asyncio.timeout(self.timeout):
-            return await self.client.post(
-                self.url, json=body, headers=headers, timeout=self.timeout
-            )
+    def _validate_reply(self, data: Any) -> _Reply:
+        return _Reply.model_validate(data)
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        if retry_after is not None:
-            return min(retry_after, self.backoff_max)
-        ceiling = min(self.backoff_max, self.backoff_base * 2.0 ** min(attempt - 1, 60))
-        # Jitter spreads out clients that failed together; the lower half keeps a floor so a
-        # retry never comes back almost immediately.
-        return ceiling * self._random.uniform(0.5, 1.0)
-
-    def _parse(self, response: httpx.Response, messages: Sequence[Message]) -> ModelResponse:
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise self._error(
-                f"malformed response: body is not JSON: {_snippet(response.text)!r}",
-                status_code=response.status_code,
-            ) from exc
-        # Some proxies report failures as a 200 whose body is just an error object.
-        if isinstance(data, dict) and "content" not in data and "error" in data:
-            raise self._error(
-                f"provider error: {_provider_message(response)}",
-                status_code=response.status_code,
-            )
-        try:
-            reply = _Reply.model_validate(data)
-        except ValidationError as exc:
-            raise self._error(
-                f"malformed response: {describe_validation_error(exc)}",
-                status_code=response.status_code,
-            ) from exc
+    def _to_model_response(self, reply: _Reply, turn: int) -> ModelResponse:
         if reply.stop_reason == "max_tokens":
-            logger.warning(
+            self._logger.warning(
                 "model %s: reply cut off at max_tokens=%d", self.model, self.max_output_tokens
             )
-        turn = sum(1 for message in messages if message.role == "assistant")
         return reply.to_model_response(turn)
-
-    def _error(self, what: str, *, status_code: int | None = None) -> ProviderError:
-        message = f"Anthropic messages request with model {self.model!r} failed: {what}"
-        return ProviderError(self._redact(message), status_code=status_code)
-
-    def _redact(self, text: str) -> str:
-        # Provider messages and echoed bodies may quote the key.
-        return text.replace(self._api_key, "[redacted]") if self._api_key else text
 
 
 def messages_url(base_url: str) -> str:
