@@ -9,7 +9,9 @@ from fastapi import FastAPI
 
 from app import health
 from app.admin.router import router as admin_router
+from app.auth.router import router as auth_router
 from app.config import Settings
+from app.dashboard.router import router as dashboard_router
 from app.db import create_engine, session_factory
 from app.errors import install_error_handlers
 from app.executions.router import router as executions_router
@@ -52,7 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(auth_router)
     app.include_router(executions_router)
     app.include_router(admin_router)
     app.include_router(streams_router)
+    app.include_router(dashboard_router)
     return app

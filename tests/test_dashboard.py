@@ -1,0 +1,147 @@
+"""The dashboard in a real headless Chromium (Playwright, Debian's chromium) against a live
+server: sign in, rows that change live over the WebSocket, the detail with its SSE log, and
+the control buttons."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, scripted_type
+from tests.fixtures.api import live_api
+from tests.test_engine import start
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = ROOT / "docs" / "dashboard.png"
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="no /usr/bin/chromium (.ci/run installs Debian's chromium)"
+)
+
+
+async def test_pages_and_current_user(alice, make_settings):
+    async with live_api(make_settings()) as base, httpx.AsyncClient(base_url=base) as http:
+        page = await http.get("/dashboard")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "/dashboard/static/app.js" in page.text
+        assert (await http.get("/dashboard/static/app.css")).status_code == 200
+        assert (await http.get("/dashboard/static/../router.py")).status_code == 404
+        assert (await http.get("/dashboard/static/nope.js")).status_code == 404
+        assert (await http.get("/api/me")).status_code == 401
+        me = (await http.get("/api/me", headers=alice.headers)).json()
+        assert me == {
+            "id": alice.user.id, "name": alice.user.name, "email": "alice@example.com",
+            "tier": "pro", "is_admin": False,
+        }  # fmt: skip
+        spec = (await http.get("/openapi.json")).json()
+        assert spec["paths"]["/api/me"]["get"]["operationId"] == "getCurrentUser"
+        assert "/dashboard" not in spec["paths"]
+
+
+@needs_chromium
+async def test_dashboard_updates_live_streams_logs_and_controls(alice, make_settings, run_worker):
+    from playwright.async_api import async_playwright, expect
+
+    began = time.monotonic()
+    settings = make_settings(agent_types={"too-long": scripted_type(5, max_steps=2)})
+    errors: list[str] = []
+    async with (
+        live_api(settings) as base,
+        httpx.AsyncClient(base_url=base) as http,
+        async_playwright() as p,
+    ):
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 780})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.set_default_timeout(10_000)
+            await page.goto(f"{base}/dashboard")
+
+            await page.fill("#token", "not-a-token")
+            await page.click("#sign-in")
+            await expect(page.locator("#signin-error")).to_contain_text("unknown or revoked")
+            await page.fill("#token", alice.token)
+            await page.click("#sign-in")
+            await expect(page.locator("#who")).to_have_text("alice@example.com")
+            await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+            await page.evaluate("window.__sameDocument = 'yes'")
+
+            # New executions appear without a reload (status.changed pending over the socket).
+            paused = await start(http, alice, "demo")
+            await start(http, alice, "too-long")
+            await start(http, alice, "steps-3")
+            demo = await start(http, alice, "demo")
+            rows = page.locator("#rows tr")
+            await expect(rows).to_have_count(4)
+            row = page.locator(f'#rows tr[data-id="{demo["id"]}"]')
+            await expect(row.locator(".badge")).to_have_text("pending")
+            await expect(row.locator("td").first).to_have_text(demo["id"][:8])
+
+            # Pause one from its detail pane before any worker runs.
+            await page.locator(f'#rows tr[data-id="{paused["id"]}"]').click()
+            await expect(page.locator("#d-id")).to_have_text(paused["id"])
+            await expect(page.locator("[data-action=resume]")).to_be_disabled()
+            await page.click("[data-action=pause]")
+            await expect(page.locator("#notice")).to_contain_text("now paused")
+            paused_row = page.locator(f'#rows tr[data-id="{paused["id"]}"]')
+            await expect(paused_row.locator(".badge")).to_have_text("paused")
+
+            # The worker runs the others; the rows follow live.
+            await run_worker(settings)
+            await expect(row.locator(".badge")).to_have_text("completed")
+            await expect(row.locator(".steps")).to_have_text("3")
+            failed = page.locator('#rows tr:has(td:text-is("too-long")) .badge')
+            await expect(failed).to_have_text("failed")
+            assert await page.evaluate("window.__sameDocument") == "yes", "the page reloaded"
+            await expect(paused_row.locator(".badge")).to_have_text("paused")
+
+            # The detail: fields, output and the SSE log, replayed to the end.
+            await row.click()
+            await expect(page).to_have_url(f"{base}/dashboard#/agents/{demo['id']}")
+            log = page.locator("#log")
+            await expect(log).to_contain_text("Step 3 completed")
+            await expect(log).to_contain_text("stream finished: completed")
+            await expect(page.locator("#d-result")).to_contain_text("The note in my workspace says")
+            await expect(page.locator("#d-status .badge")).to_have_text("completed")
+            for action in ("pause", "resume", "cancel", "kill"):
+                await expect(page.locator(f"[data-action={action}]")).to_be_disabled()
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            await page.screenshot(path=str(SCREENSHOT), animations="disabled")
+
+            # Cancel the paused one; a refused request shows the API's problem detail.
+            await paused_row.click()
+            await expect(page.locator("#d-id")).to_have_text(paused["id"])
+            await expect(page.locator("[data-action=resume]")).to_be_enabled()
+            await page.click("[data-action=cancel]")
+            await expect(paused_row.locator(".badge")).to_have_text("cancelled")
+            await expect(page.locator("[data-action=resume]")).to_be_disabled()
+            await page.evaluate("control('resume')")
+            await expect(page.locator("#notice")).to_contain_text("Refused:")
+            await expect(page.locator("#notice")).to_contain_text("cancelled")
+
+            # Filters ask the API again.
+            await page.click('#filters [data-status="completed"]')
+            await expect(rows).to_have_count(2)  # demo and steps-3
+            await expect(page.locator("#rows .badge")).to_have_text(["completed", "completed"])
+            await page.click('#filters [data-status=""]')
+            await expect(rows).to_have_count(4)
+
+            # The token survives a reload; signing out forgets it.
+            await page.reload()
+            await expect(rows).to_have_count(4)
+            await page.click("#sign-out")
+            await expect(page.locator("#signin-form")).to_be_visible()
+            assert await page.evaluate("localStorage.length") == 0
+        finally:
+            await browser.close()
+    assert errors == []
+    assert SCREENSHOT.stat().st_size > 10_000
+    assert time.monotonic() - began < 30
