@@ -199,3 +199,40 @@ async def test_a_garbled_last_event_id_replays_from_the_start(alice, make_settin
             {**alice.headers, "Last-Event-ID": header}, stop_after=1,
         )  # fmt: skip
     assert got[0]["data"]["status"] == "pending"
+
+
+async def test_a_client_that_stops_reading_is_disconnected(alice, make_settings, redis):
+    from urllib.parse import urlsplit
+
+    from app.streams.hub import QUEUE_SIZE
+
+    settings = make_settings()
+    async with live_api(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        created = await start(http, alice, "steps-3")
+        parts = urlsplit(base)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.write(
+            (
+                f"GET /api/agents/{created['id']}/events HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                f"Authorization: Bearer {alice.token}\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        await asyncio.sleep(0.5)  # subscribed, replayed; from now on it reads nothing
+        # Large events: the socket buffers (several MB on loopback) must fill up first.
+        filler = "x" * 65_000
+        channel = execution_channel(created["id"])
+        for number in range(QUEUE_SIZE + 200):
+            message = {"event": "log", "id": 10**6 + number, "data": {"filler": filler}}
+            await redis.publish(channel, json.dumps(message))
+        # The server cut it off: what it had sent can still be read, then the stream ends.
+        received = 0
+        while chunk := await asyncio.wait_for(reader.read(1 << 16), 10):
+            received += len(chunk)
+        writer.close()
+        assert received < (QUEUE_SIZE + 200) * 65_000 / 4  # far from everything was sent
+        # Other clients are unaffected: a new stream works.
+        got = await read_events(
+            http, f"/api/agents/{created['id']}/events", alice.headers, stop_after=1
+        )
+        assert got[0]["data"]["status"] == "pending"

@@ -14,11 +14,13 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from sse_starlette.event import ServerSentEvent
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ class Published:
     """``data`` as JSON (the SSE data line)."""
     socket_text: str
     """The whole WebSocket message: ``{"channel", "event", "id", "data"}``."""
+    sse_frame: bytes
+    """The whole SSE frame (id, event, data lines)."""
 
     @classmethod
     def decode(cls, channel: str, raw: bytes) -> Published:
@@ -46,7 +50,12 @@ class Published:
             f'{{"channel": {json.dumps(channel)}, "event": {json.dumps(message["event"])}, '
             f'"id": {int(message["id"])}, "data": {data_json}}}'
         )
-        return cls(int(message["id"]), message["event"], message["data"], data_json, socket_text)
+        event_id = int(message["id"])
+        sse_frame = ServerSentEvent(data=data_json, event=message["event"], id=str(event_id))
+        return cls(
+            event_id, message["event"], message["data"], data_json, socket_text,
+            sse_frame.encode(),
+        )  # fmt: skip
 
 
 class Subscription:
@@ -54,6 +63,9 @@ class Subscription:
         self.channel = channel
         self.queue: asyncio.Queue[Published | None] = asyncio.Queue(maxsize=size)
         self.overflowed = False
+        self.on_overflow: Callable[[], object] | None = None
+        """Called once when the queue overflows: a reader stuck in a blocked send will never
+        see the end marker, so its connection must be cut from outside."""
 
     def deliver(self, data: Published) -> None:
         if self.overflowed:
@@ -66,6 +78,8 @@ class Subscription:
             with contextlib.suppress(asyncio.QueueEmpty):
                 self.queue.get_nowait()
             self.queue.put_nowait(None)
+            if self.on_overflow is not None:
+                self.on_overflow()
 
 
 class Hub:

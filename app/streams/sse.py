@@ -78,9 +78,14 @@ async def execution_events(
     sessions: async_sessionmaker[AsyncSession],
     execution_id: uuid.UUID,
     after_id: int,
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[ServerSentEvent | bytes]:
     """The SSE events of one execution after log id ``after_id``, until it is terminal."""
     subscription = await hub.subscribe(events.execution_channel(execution_id))
+    # A client that stops reading blocks our send; when its queue overflows, the task sending to
+    # it is cancelled, which ends the response and closes the connection.
+    streaming = asyncio.current_task()
+    if streaming is not None:
+        subscription.on_overflow = streaming.cancel
     try:
         last_id = after_id
         async with sessions() as session:
@@ -107,7 +112,7 @@ async def execution_events(
             if published.id <= last_id:
                 continue
             last_id = published.id
-            yield ServerSentEvent(data=published.data_json, event=published.event, id=str(last_id))
+            yield published.sse_frame  # encoded once for every subscriber
             if published.event == events.STATUS_CHANGED:
                 current = published.data["status"]
                 if current in TERMINAL:

@@ -86,6 +86,7 @@ class Connection:
             )
             return
         subscription = await self.hub.subscribe(channel)
+        subscription.on_overflow = self.too_slow.set
         self.relays[channel] = (subscription, asyncio.create_task(self._relay(subscription)))
         await self.send({"event": "subscribed", "channel": channel})
 
@@ -129,10 +130,18 @@ async def serve_dashboard_socket(
     try:
         done, _ = await asyncio.wait({receiving, cut_off}, return_when=asyncio.FIRST_COMPLETED)
         if cut_off in done:
-            await websocket.close(code=CLOSE_TOO_SLOW, reason="too slow: reconnect and resume")
+            # The close frame may not get through to a client that stopped reading; returning
+            # closes the connection either way.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    websocket.close(code=CLOSE_TOO_SLOW, reason="too slow: reconnect and resume"),
+                    5,
+                )
     finally:
         receiving.cancel()
         cut_off.cancel()
+        for _, relay in connection.relays.values():
+            relay.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
             await receiving
         await connection.close()
