@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -26,7 +27,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from websockets.asyncio.client import connect
 
 from bench.engine import (
     RESULTS_DIR,
@@ -85,32 +85,67 @@ async def sse_client(base: str, token: str, execution_id: str, sink: Latencies) 
         ).encode()
     )
     await writer.drain()
-    event = ""
+    buffer = b""
     try:
-        while line := await reader.readline():
-            text = line.decode().rstrip("\r\n")
-            if text.startswith("event:"):
-                event = text[6:].strip()
-            elif text.startswith("data:") and event == "step.completed":
-                sink.step(json.loads(text[5:]))
-            elif text.startswith("data:") and event == "finished":
-                return
+        while chunk := await reader.read(1 << 16):
+            buffer += chunk
+            *frames, buffer = buffer.split(b"\r\n\r\n")
+            for frame in frames:
+                if b"event: step.completed" in frame:
+                    data = frame[frame.index(b"data: ") + 6 :]
+                    sink.step(json.loads(data.split(b"\r\n", 1)[0]))
+                elif b"event: finished" in frame:
+                    return
     finally:
         writer.close()
 
 
 async def ws_client(base: str, token: str, execution_id: str, sink: Latencies) -> None:
-    url = base.replace("http://", "ws://") + f"/api/ws?token={token}"
-    async with connect(url, max_queue=None) as ws:
-        await ws.send(json.dumps({"action": "subscribe", "channel": f"agent.{execution_id}"}))
-        async for raw in ws:
-            message = json.loads(raw)
-            if message.get("event") == "step.completed":
-                sink.step(message["data"])
-            elif message.get("event") == "status.changed" and message["data"]["status"] in (
-                "completed", "failed", "cancelled",
-            ):  # fmt: skip
+    """A lean WebSocket reader on a raw connection, as lean as the SSE one: RFC 6455 handshake,
+    one masked text frame to subscribe, then unmasked server frames read as they come."""
+    parts = urlsplit(base)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /api/ws?token={token} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    status = await reader.readline()
+    if b" 101 " not in status:
+        raise RuntimeError(f"handshake refused: {status!r}")
+    while (await reader.readline()) not in (b"\r\n", b""):
+        pass
+    payload = json.dumps({"action": "subscribe", "channel": f"agent.{execution_id}"}).encode()
+    mask = os.urandom(4)
+    writer.write(
+        bytes([0x81, 0x80 | len(payload)])
+        + mask
+        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    )
+    await writer.drain()
+    try:
+        while True:
+            head = await reader.readexactly(2)
+            length = head[1] & 0x7F
+            if length == 126:
+                length = int.from_bytes(await reader.readexactly(2), "big")
+            elif length == 127:
+                length = int.from_bytes(await reader.readexactly(8), "big")
+            data = await reader.readexactly(length)
+            if head[0] & 0x0F == 0x8:  # close
                 return
+            if b'"step.completed"' in data[:200]:
+                sink.step(json.loads(data)["data"])
+            elif b'"status.changed"' in data[:200] and any(
+                f'"status": "{s}"'.encode() in data for s in ("completed", "failed", "cancelled")
+            ):
+                return
+    finally:
+        writer.close()
 
 
 async def stalled_sse(base: str, token: str, execution_id: str) -> asyncio.StreamWriter:
@@ -171,6 +206,10 @@ async def run(options: argparse.Namespace, children: Children, workspace: Path) 
     result: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
         api_pid = children.processes["api"].pid
+        # Untimed warm-up of both paths, so neither transport pays for a cold start.
+        print("warm-up", flush=True)
+        for transport in ("sse", "ws"):
+            await run_transport(transport, base, token, 20, 1, options.steps)
         for transport in ("sse", "ws"):
             print(f"{transport}: {options.clients} clients", flush=True)
             with RssSampler({"api": api_pid}) as sampler:
