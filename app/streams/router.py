@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket
 from sse_starlette.sse import EventSourceResponse
+from starlette.types import Message, Send
 
 from app.deps import AdminUser, CurrentUser, SessionDep
 from app.errors import ExecutionNotFound, Forbidden, Unauthorized
@@ -29,6 +30,18 @@ _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+class ProgressStream(EventSourceResponse):
+    """An EventSourceResponse without a per-send timeout scope.
+
+    sse-starlette wraps every send in ``anyio.move_on_after`` even when no timeout is set; with
+    a thousand clients per event that scope is a large part of the fan-out. Slow clients are
+    cut off by their bounded queue instead (app.streams.sse).
+    """
+
+    async def _send_with_timeout(self, send: Send, message: Message) -> None:
+        await send(message)
+
+
 def _cursor(last_event_id: str | None, after_id: int | None) -> int:
     if last_event_id and last_event_id.strip().isdigit():
         return int(last_event_id.strip())
@@ -37,7 +50,7 @@ def _cursor(last_event_id: str | None, after_id: int | None) -> int:
 
 def _stream(request: Request, execution_id: uuid.UUID, after: int) -> EventSourceResponse:
     state = request.app.state
-    return EventSourceResponse(
+    return ProgressStream(
         execution_events(state.hub, state.sessions, execution_id, after),
         ping=KEEP_ALIVE_SECONDS,
         # No per-send timeout (it costs a cancel scope per event); a client that stops reading
