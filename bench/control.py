@@ -22,8 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,11 +35,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bench.engine import (
-    RESULTS_DIR,
-    ROOT,
     Children,
     latency_summary,
     launch_service,
+    run_benchmark,
 )
 
 STEP_SECONDS = 0.05
@@ -230,23 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.control", description=__doc__)
     parser.add_argument("--trials", type=int, default=100)
     args = parser.parse_args(argv)
-    os.chdir(ROOT)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    log_dir = RESULTS_DIR / f"control-{stamp}-logs"
-    log_dir.mkdir()
-    workspace = Path(tempfile.mkdtemp(prefix="agents-bench-control-"))
-    children = Children(log_dir)
-    try:
-        result = asyncio.run(run(args.trials, children, workspace))
-    finally:
-        children.stop_all()
-        shutil.rmtree(workspace, ignore_errors=True)
-    out = RESULTS_DIR / f"control-{stamp}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print()
-    print(table(result))
-    print(f"\nresults: {out.relative_to(ROOT)}")
+    run_benchmark(
+        "control", lambda children, workspace: run(args.trials, children, workspace), table
+    )
 
 
 if __name__ == "__main__":

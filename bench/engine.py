@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1090,3 +1090,29 @@ async def launch_service(children: Children, config: Path) -> Service:
     base_url = f"http://127.0.0.1:{port}"
     await wait_ready(children, base_url, redis)
     return Service(base_url, token, user_id, redis)
+
+
+def run_benchmark(
+    name: str,
+    run_with: Callable[[Children, Path], Coroutine[Any, Any, dict[str, Any]]],
+    table_of: Callable[[dict[str, Any]], str],
+) -> None:
+    """Run a service benchmark: child processes and a scratch workspace that are always cleaned
+    up, the result written to ``bench/results/{name}-{stamp}.json`` and printed as a table."""
+    os.chdir(ROOT)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    log_dir = RESULTS_DIR / f"{name}-{stamp}-logs"
+    log_dir.mkdir()
+    workspace = Path(tempfile.mkdtemp(prefix=f"agents-bench-{name}-"))
+    children = Children(log_dir)
+    try:
+        result = asyncio.run(run_with(children, workspace))
+    finally:
+        children.stop_all()
+        shutil.rmtree(workspace, ignore_errors=True)
+    out = RESULTS_DIR / f"{name}-{stamp}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(table_of(result))
+    print(f"\nresults: {out.relative_to(ROOT)}")

@@ -18,8 +18,6 @@ import asyncio
 import base64
 import json
 import os
-import shutil
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,12 +27,11 @@ from urllib.parse import urlsplit
 import httpx
 
 from bench.engine import (
-    RESULTS_DIR,
-    ROOT,
     Children,
     RssSampler,
     latency_summary,
     launch_service,
+    run_benchmark,
 )
 
 STEP_SECONDS = 0.1
@@ -253,23 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--executions", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)
     options = parser.parse_args(argv)
-    os.chdir(ROOT)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    log_dir = RESULTS_DIR / f"streams-{stamp}-logs"
-    log_dir.mkdir()
-    workspace = Path(tempfile.mkdtemp(prefix="agents-bench-streams-"))
-    children = Children(log_dir)
-    try:
-        result = asyncio.run(run(options, children, workspace))
-    finally:
-        children.stop_all()
-        shutil.rmtree(workspace, ignore_errors=True)
-    out = RESULTS_DIR / f"streams-{stamp}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print()
-    print(table(result))
-    print(f"\nresults: {out.relative_to(ROOT)}")
+    run_benchmark("streams", lambda children, workspace: run(options, children, workspace), table)
 
 
 if __name__ == "__main__":
