@@ -1106,6 +1106,10 @@ def run_benchmark(
     log_dir.mkdir()
     workspace = Path(tempfile.mkdtemp(prefix=f"agents-bench-{name}-"))
     children = Children(log_dir)
+    with contextlib.suppress(ImportError):
+        import uvloop  # the service's processes run on uvloop; so does the load generator
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
         result = asyncio.run(run_with(children, workspace))
     finally:

@@ -16,12 +16,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import bisect
+import contextlib
+import itertools
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -29,11 +33,13 @@ import httpx
 from bench.engine import (
     Children,
     RssSampler,
+    Service,
     latency_summary,
     launch_service,
     run_benchmark,
 )
 
+TERMINAL = ("completed", "failed", "cancelled")
 STEP_SECONDS = 0.1
 # The first step waits long enough for every client to connect, so all step events are live.
 CONNECT_SECONDS = 8.0
@@ -60,89 +66,150 @@ def config_toml(steps: int, workspace: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Latencies:
-    def __init__(self) -> None:
-        self.values: list[float] = []
-        self.received = 0
+class Receiver(asyncio.Protocol):
+    """A lean client connection: it only records what arrives, with the arrival time.
 
-    def step(self, data: dict[str, Any]) -> None:
-        committed = datetime.fromisoformat(data["timestamp"]).timestamp()
-        self.values.append(time.time() - committed)
-        self.received += 1
+    Frames are parsed after the run (``arrivals``), so the load generator, which shares the
+    machine with the service, does no JSON work while a burst is being delivered and the
+    latency measured is the service's, not the client's.
+    """
+
+    def __init__(self, request: bytes, is_last: Callable[[bytes], bool]) -> None:
+        self.request = request
+        self.is_last = is_last
+        self.chunks: list[bytes] = []
+        self.times: list[float] = []
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self._tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.times.append(time.time())
+        self.chunks.append(data)
+        window = self._tail + data
+        self._tail = window[-512:]
+        self.on_data(window)
+        if not self.ended.done() and self.is_last(window):
+            self.ended.set_result(None)
+
+    def on_data(self, window: bytes) -> None:
+        """A hook for a protocol step that must answer what arrived (the WebSocket handshake)."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def arrivals(self) -> tuple[bytes, Callable[[int], float]]:
+        """Everything received, and the arrival time of the byte before a given offset."""
+        ends = list(itertools.accumulate(len(chunk) for chunk in self.chunks))
+        return b"".join(self.chunks), lambda offset: self.times[bisect.bisect_left(ends, offset)]
 
 
-async def sse_client(base: str, token: str, execution_id: str, sink: Latencies) -> None:
-    """A lean SSE reader on a raw connection (no per-client HTTP library overhead)."""
+class WebSocketReceiver(Receiver):
+    """Sends one masked text frame (the subscription) once the handshake is answered."""
+
+    def __init__(self, request: bytes, is_last: Callable[[bytes], bool], subscribe: bytes) -> None:
+        super().__init__(request, is_last)
+        self.subscribe: bytes | None = subscribe
+
+    def on_data(self, window: bytes) -> None:
+        if self.subscribe is None or self.transport is None or b"\r\n\r\n" not in window:
+            return
+        if b" 101 " not in window.split(b"\r\n", 1)[0]:
+            self.transport.close()
+            return
+        mask = os.urandom(4)
+        payload = self.subscribe
+        self.transport.write(
+            bytes([0x81, 0x80 | len(payload)])
+            + mask
+            + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        )
+        self.subscribe = None
+
+
+def _sse_finished(window: bytes) -> bool:
+    return b"event: finished" in window
+
+
+def _ws_finished(window: bytes) -> bool:
+    return b'"status.changed"' in window and any(
+        f'"status": "{s}"'.encode() in window for s in TERMINAL
+    )
+
+
+def _latency(data: dict[str, Any], received: float) -> float:
+    committed = datetime.fromisoformat(data["timestamp"]).timestamp()
+    return received - committed
+
+
+def sse_latencies(receiver: Receiver) -> list[float]:
+    """Delivery latency of each ``step.completed`` frame of an SSE response."""
+    raw, arrival = receiver.arrivals()
+    latencies = []
+    position = raw.find(b"\r\n\r\n")  # end of the response head
+    while (start := raw.find(b"event: step.completed", position)) != -1:
+        data_at = raw.index(b"data: ", start) + 6
+        end = raw.find(b"\r\n\r\n", data_at)
+        if end == -1:
+            break
+        data = raw[data_at : raw.index(b"\r\n", data_at)]
+        latencies.append(_latency(json.loads(data), arrival(end + 4)))
+        position = end
+    return latencies
+
+
+def ws_latencies(receiver: Receiver) -> list[float]:
+    """Delivery latency of each ``step.completed`` message of a WebSocket (server frames are
+    unmasked)."""
+    raw, arrival = receiver.arrivals()
+    latencies = []
+    position = raw.find(b"\r\n\r\n") + 4  # end of the handshake response
+    while position + 2 <= len(raw):
+        length, offset = raw[position + 1] & 0x7F, position + 2
+        if length == 126:
+            length, offset = int.from_bytes(raw[offset : offset + 2], "big"), offset + 2
+        elif length == 127:
+            length, offset = int.from_bytes(raw[offset : offset + 8], "big"), offset + 8
+        end = offset + length
+        if end > len(raw):
+            break
+        payload = raw[offset:end]
+        if raw[position] & 0x0F == 0x1 and b'"step.completed"' in payload[:200]:
+            latencies.append(_latency(json.loads(payload)["data"], arrival(end)))
+        position = end
+    return latencies
+
+
+async def connect(base: str, token: str, transport: str, execution_id: str) -> Receiver:
     parts = urlsplit(base)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    writer.write(
-        (
+    receiver: Receiver
+    if transport == "sse":
+        request = (
             f"GET /api/agents/{execution_id}/events HTTP/1.1\r\nHost: {parts.netloc}\r\n"
             f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
         ).encode()
-    )
-    await writer.drain()
-    buffer = b""
-    try:
-        while chunk := await reader.read(1 << 16):
-            buffer += chunk
-            *frames, buffer = buffer.split(b"\r\n\r\n")
-            for frame in frames:
-                if b"event: step.completed" in frame:
-                    data = frame[frame.index(b"data: ") + 6 :]
-                    sink.step(json.loads(data.split(b"\r\n", 1)[0]))
-                elif b"event: finished" in frame:
-                    return
-    finally:
-        writer.close()
-
-
-async def ws_client(base: str, token: str, execution_id: str, sink: Latencies) -> None:
-    """A lean WebSocket reader on a raw connection, as lean as the SSE one: RFC 6455 handshake,
-    one masked text frame to subscribe, then unmasked server frames read as they come."""
-    parts = urlsplit(base)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        (
+        receiver = Receiver(request, _sse_finished)
+    else:
+        request = (
             f"GET /api/ws?token={token} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
-    )
-    await writer.drain()
-    status = await reader.readline()
-    if b" 101 " not in status:
-        raise RuntimeError(f"handshake refused: {status!r}")
-    while (await reader.readline()) not in (b"\r\n", b""):
-        pass
-    payload = json.dumps({"action": "subscribe", "channel": f"agent.{execution_id}"}).encode()
-    mask = os.urandom(4)
-    writer.write(
-        bytes([0x81, 0x80 | len(payload)])
-        + mask
-        + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    )
-    await writer.drain()
-    try:
-        while True:
-            head = await reader.readexactly(2)
-            length = head[1] & 0x7F
-            if length == 126:
-                length = int.from_bytes(await reader.readexactly(2), "big")
-            elif length == 127:
-                length = int.from_bytes(await reader.readexactly(8), "big")
-            data = await reader.readexactly(length)
-            if head[0] & 0x0F == 0x8:  # close
-                return
-            if b'"step.completed"' in data[:200]:
-                sink.step(json.loads(data)["data"])
-            elif b'"status.changed"' in data[:200] and any(
-                f'"status": "{s}"'.encode() in data for s in ("completed", "failed", "cancelled")
-            ):
-                return
-    finally:
-        writer.close()
+        subscribe = json.dumps({"action": "subscribe", "channel": f"agent.{execution_id}"})
+        receiver = WebSocketReceiver(request, _ws_finished, subscribe.encode())
+    loop = asyncio.get_running_loop()
+    await loop.create_connection(lambda: receiver, parts.hostname or "", parts.port or 80)
+    return receiver
 
 
 async def stalled_sse(base: str, token: str, execution_id: str) -> asyncio.StreamWriter:
@@ -157,9 +224,25 @@ async def stalled_sse(base: str, token: str, execution_id: str) -> asyncio.Strea
     return writer
 
 
+async def read_direct(pubsub: Any, latencies: list[float], executions: int) -> None:
+    """Step latencies of events read directly from Redis, until every execution finished."""
+    finished = 0
+    while finished < executions:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        if message is None:
+            continue
+        received = time.time()
+        event = json.loads(message["data"])
+        if event["event"] == "step.completed":
+            latencies.append(_latency(event["data"], received))
+        elif event["event"] == "status.changed" and event["data"]["status"] in TERMINAL:
+            finished += 1
+
+
 async def run_transport(
-    name: str, base: str, token: str, clients: int, executions: int, steps: int
+    name: str, service: Service, clients: int, executions: int, steps: int
 ) -> dict[str, Any]:
+    base, token, redis = service.base_url, service.token, service.redis
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as http:
         ids = []
@@ -169,29 +252,38 @@ async def run_transport(
             )
             response.raise_for_status()
             ids.append(response.json()["id"])
-    sink = Latencies()
-    follow = sse_client if name == "sse" else ws_client
-    tasks = [
-        asyncio.create_task(follow(base, token, ids[i % executions], sink)) for i in range(clients)
-    ]
+    # Baseline: the same events read straight off Redis pub/sub by this process (commit →
+    # worker publish → Redis → here), so the fan-out's own share is what the clients add.
+    direct = redis.pubsub()
+    await direct.subscribe(*(f"agent.{i}" for i in ids))
+    direct_latencies: list[float] = []
+    reading = asyncio.create_task(read_direct(direct, direct_latencies, executions))
+    receivers = await asyncio.gather(
+        *(connect(base, token, name, ids[i % executions]) for i in range(clients))
+    )
     stalled = await stalled_sse(base, token, ids[0])
     started = time.perf_counter()
-    done, pending = await asyncio.wait(tasks, timeout=steps * STEP_SECONDS * 20 + 60)
-    for task in pending:
-        task.cancel()
+    _, pending = await asyncio.wait(
+        [r.ended for r in receivers], timeout=steps * STEP_SECONDS * 20 + 60
+    )
+    for receiver in receivers:
+        receiver.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(reading, 10)
+    await direct.aclose()
     stalled.close()
-    errors = [t.exception() for t in done if t.exception() is not None]
-    expected = clients * (steps)
+    parse = sse_latencies if name == "sse" else ws_latencies
+    latencies = [value for receiver in receivers for value in parse(receiver)]
     return {
         "clients": clients,
         "executions": executions,
         "steps": steps,
         "seconds": round(time.perf_counter() - started, 2),
-        "events_expected": expected,
-        "events_received": sink.received,
+        "events_expected": clients * steps,
+        "events_received": len(latencies),
         "clients_unfinished": len(pending),
-        "client_errors": [repr(e) for e in errors[:5]],
-        "latency": latency_summary(sink.values),
+        "latency": latency_summary(latencies),
+        "redis_latency": latency_summary(direct_latencies),
     }
 
 
@@ -199,23 +291,26 @@ async def run(options: argparse.Namespace, children: Children, workspace: Path) 
     config = workspace / "streams.toml"
     config.write_text(config_toml(options.steps, workspace / "ws"))
     service = await launch_service(children, config)
-    base, token, redis = service.base_url, service.token, service.redis
     result: dict[str, Any] = {"started_at": datetime.now(UTC).isoformat(timespec="seconds")}
     try:
         api_pid = children.processes["api"].pid
         # Untimed warm-up of both paths, so neither transport pays for a cold start.
         print("warm-up", flush=True)
-        for transport in ("sse", "ws"):
-            await run_transport(transport, base, token, 20, 1, options.steps)
-        for transport in ("sse", "ws"):
+        for transport in options.transports:
+            await run_transport(transport, service, 20, 1, options.steps)
+        for transport in options.transports:
             print(f"{transport}: {options.clients} clients", flush=True)
             with RssSampler({"api": api_pid}) as sampler:
                 result[transport] = await run_transport(
-                    transport, base, token, options.clients, options.executions, options.steps
+                    transport,
+                    service,
+                    options.clients,
+                    options.executions,
+                    options.steps,
                 )
             result[transport]["api_peak_rss_mb"] = round(sampler.peak["api"] / 2**20, 1)
     finally:
-        await redis.aclose()
+        await service.redis.aclose()
     return result
 
 
@@ -228,6 +323,8 @@ def table(result: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---|",
     ]
     for name in ("sse", "ws"):
+        if name not in result:
+            continue
         r = result[name]
         p99 = r["latency"]["p99_ms"]
         ok = (
@@ -249,6 +346,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--executions", type=int, default=10)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--transports", nargs="+", choices=("sse", "ws"), default=["sse", "ws"],
+        help="which client kinds to run (default: both)",
+    )  # fmt: skip
     options = parser.parse_args(argv)
     run_benchmark("streams", lambda children, workspace: run(options, children, workspace), table)
 

@@ -182,8 +182,43 @@ async def test_a_subscriber_that_does_not_read_is_cut_off_not_buffered(test_redi
         assert slow.overflowed
         assert slow.queue.qsize() <= 10
         assert not fast.overflowed  # one slow client does not hold the others back
-        await hub.unsubscribe(slow)
-        await hub.unsubscribe(fast)
+        hub.release(slow)
+        hub.release(fast)
+        assert hub.subscriber_count == 0
+    finally:
+        await hub.close()
+
+
+async def redis_subscribers(redis: Any, channel: str) -> int:
+    counts = await redis.pubsub_numsub(channel)
+    return int(counts[0][1])
+
+
+async def test_the_last_release_unsubscribes_redis_and_a_quick_return_keeps_the_feed(
+    test_redis_url, redis
+):
+    hub = Hub(test_redis_url)
+    await hub.start()
+    try:
+        channel = execution_channel("release-then-return")
+        first = await hub.subscribe(channel)
+        assert await redis_subscribers(redis, channel) == 1
+        hub.release(first)
+        hub.release(first)  # twice is harmless
+        # A stream for the same channel arrives before the background unsubscribe ran.
+        second = await hub.subscribe(channel)
+        await asyncio.sleep(0.1)
+        assert await redis_subscribers(redis, channel) == 1
+        await redis.publish(channel, json.dumps({"event": "log", "id": 1, "data": {}}))
+        received = await asyncio.wait_for(second.queue.get(), 5)
+        assert received is not None
+        assert received.id == 1
+        hub.release(second)
+        for _ in range(100):
+            if await redis_subscribers(redis, channel) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await redis_subscribers(redis, channel) == 0
         assert hub.subscriber_count == 0
     finally:
         await hub.close()

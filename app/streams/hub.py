@@ -91,6 +91,7 @@ class Hub:
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._unsubscribing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
@@ -98,6 +99,8 @@ class Hub:
         self._reader = asyncio.create_task(self._read())
 
     async def close(self) -> None:
+        for task in list(self._unsubscribing):
+            task.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -126,17 +129,31 @@ class Hub:
         await asyncio.wait_for(asyncio.shield(confirmed), 10)
         return subscription
 
-    async def unsubscribe(self, subscription: Subscription) -> None:
+    def release(self, subscription: Subscription) -> None:
+        """Stop delivering to ``subscription``. Synchronous, so a thousand streams ending at once
+        cost no task or lock each; Redis is unsubscribed in the background after the channel's
+        last local subscriber leaves."""
+        subscribers = self._subscribers.get(subscription.channel)
+        if not subscribers or subscription not in subscribers:
+            return
+        subscribers.discard(subscription)
+        if not subscribers:
+            del self._subscribers[subscription.channel]
+            task = asyncio.create_task(self._unsubscribe_unused(subscription.channel))
+            self._unsubscribing.add(task)
+            task.add_done_callback(self._unsubscribing.discard)
+
+    async def _unsubscribe_unused(self, channel: str) -> None:
         assert self._pubsub is not None
         async with self._lock:
-            subscribers = self._subscribers.get(subscription.channel)
-            if not subscribers:
-                return
-            subscribers.discard(subscription)
-            if not subscribers:
-                del self._subscribers[subscription.channel]
-                self._confirmed.pop(subscription.channel, None)
-                await self._pubsub.unsubscribe(subscription.channel)
+            if self._subscribers.get(channel):
+                return  # a new subscriber arrived meanwhile: keep the Redis subscription
+            self._subscribers.pop(channel, None)
+            self._confirmed.pop(channel, None)
+            try:
+                await self._pubsub.unsubscribe(channel)
+            except Exception:
+                log.warning("could not unsubscribe from %s", channel, exc_info=True)
 
     @property
     def subscriber_count(self) -> int:

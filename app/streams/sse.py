@@ -9,7 +9,9 @@ committed while the replay runs arrives both ways; the id check drops the second
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
+import random
 import uuid
 from collections.abc import AsyncIterator
 
@@ -19,9 +21,10 @@ from sse_starlette.event import ServerSentEvent
 from app.executions import events, repository
 from app.executions.models import Execution, ExecutionLog
 from app.executions.status import TERMINAL, Status
-from app.streams.hub import Hub
+from app.streams.hub import Hub, Published, Subscription
 
 REPLAY_BATCH = 500
+CLOSE_SPREAD_SECONDS = 0.2
 FINISHED = "finished"
 _STATUS_EVENT_TYPES = {
     "status_changed", "paused", "resumed", "cancelled", "force_killed", "input_received",
@@ -69,8 +72,49 @@ def _sse(event: events.Event) -> ServerSentEvent:
     )
 
 
+async def _spread_close() -> None:
+    """Wait a random moment before closing a finished stream.
+
+    The client already has ``finished``; closing a response (cancelling its helper tasks and
+    unwinding the ASGI stack) costs far more than a delivery, and every follower of an execution
+    finishes at the same instant. Spread over ``CLOSE_SPREAD_SECONDS``, a thousand closes no
+    longer delay the live events of other streams. A client that disconnects first ends it
+    at once.
+    """
+    await asyncio.sleep(random.uniform(0, CLOSE_SPREAD_SECONDS))
+
+
 def _finished(status: str) -> ServerSentEvent:
     return ServerSentEvent(data=json.dumps({"status": status}), event=FINISHED)
+
+
+class _Ending(enum.Enum):
+    FINISHED = "finished"  # the execution is terminal and ``finished`` is among the frames
+    CUT = "cut"  # too slow a reader, or the feed was lost: the client resumes
+
+
+def _drain(
+    subscription: Subscription, first: Published | None, last_id: int
+) -> tuple[list[bytes], int, _Ending | None]:
+    """The SSE frames of ``first`` and of whatever else is queued, skipping ids already sent;
+    also the new cursor and whether (and why) the stream ends here."""
+    frames: list[bytes] = []
+    published = first
+    while True:
+        if published is None:
+            return frames, last_id, _Ending.CUT
+        if published.id > last_id:
+            last_id = published.id
+            frames.append(published.sse_frame)  # encoded once for every subscriber
+            if published.event == events.STATUS_CHANGED:
+                current = published.data["status"]
+                if current in TERMINAL:
+                    frames.append(_finished(current).encode())
+                    return frames, last_id, _Ending.FINISHED
+        try:
+            published = subscription.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return frames, last_id, None
 
 
 async def execution_events(
@@ -96,9 +140,9 @@ async def execution_events(
                 rows = await repository.list_logs(
                     session, execution_id, after_id=last_id, limit=REPLAY_BATCH
                 )
-                for row in rows:
-                    yield _sse(replayed_event(row, execution))
-                    last_id = row.id
+                if rows:
+                    yield b"".join(_sse(replayed_event(row, execution)).encode() for row in rows)
+                    last_id = rows[-1].id
                 if len(rows) < REPLAY_BATCH:
                     break
             status = execution.status
@@ -106,17 +150,15 @@ async def execution_events(
             yield _finished(status)
             return
         while True:
-            published = await subscription.queue.get()
-            if published is None:  # too slow, or the feed was lost: the client resumes
+            queued = await subscription.queue.get()
+            frames, last_id, ending = _drain(subscription, queued, last_id)
+            if frames:
+                # Everything already queued goes out in one write: a burst (the last steps, the
+                # status change and ``finished``) costs one send per client, not one per event.
+                yield b"".join(frames)
+            if ending is _Ending.FINISHED:
+                await _spread_close()
+            if ending is not None:
                 return
-            if published.id <= last_id:
-                continue
-            last_id = published.id
-            yield published.sse_frame  # encoded once for every subscriber
-            if published.event == events.STATUS_CHANGED:
-                current = published.data["status"]
-                if current in TERMINAL:
-                    yield _finished(current)
-                    return
     finally:
-        await asyncio.shield(hub.unsubscribe(subscription))
+        hub.release(subscription)

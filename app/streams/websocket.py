@@ -95,14 +95,14 @@ class Connection:
         if relay is not None:
             subscription, task = relay
             task.cancel()
-            await self.hub.unsubscribe(subscription)
+            self.hub.release(subscription)
         await self.send({"event": "unsubscribed", "channel": channel})
 
-    async def close(self) -> None:
+    def close(self) -> None:
         for channel in list(self.relays):
             subscription, task = self.relays.pop(channel)
             task.cancel()
-            await asyncio.shield(self.hub.unsubscribe(subscription))
+            self.hub.release(subscription)
 
     async def _relay(self, subscription: Subscription) -> None:
         while True:
@@ -144,7 +144,7 @@ async def serve_dashboard_socket(
             relay.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
             await receiving
-        await connection.close()
+        connection.close()
 
 
 async def _receive(connection: Connection, sessions: async_sessionmaker[AsyncSession]) -> None:
