@@ -36,6 +36,8 @@ from bench.engine import (
     Service,
     latency_summary,
     launch_service,
+    ms,
+    percentile,
     run_benchmark,
 )
 
@@ -146,15 +148,30 @@ def _ws_finished(window: bytes) -> bool:
     )
 
 
-def _latency(data: dict[str, Any], received: float) -> float:
+Sample = tuple[int, float]
+"""A step number and the delivery latency of its ``step.completed`` event (seconds)."""
+
+
+def _sample(data: dict[str, Any], received: float) -> Sample:
     committed = datetime.fromisoformat(data["timestamp"]).timestamp()
-    return received - committed
+    return int(data["step_number"]), received - committed
 
 
-def sse_latencies(receiver: Receiver) -> list[float]:
+def summary(samples: list[Sample]) -> dict[str, Any]:
+    """Latency percentiles overall and the p99 of each step (a burst shows up as one step)."""
+    by_step: dict[int, list[float]] = {}
+    for step, latency in samples:
+        by_step.setdefault(step, []).append(latency)
+    return {
+        **latency_summary([latency for _, latency in samples]),
+        "p99_ms_by_step": {step: ms(percentile(v, 99)) for step, v in sorted(by_step.items())},
+    }
+
+
+def sse_latencies(receiver: Receiver) -> list[Sample]:
     """Delivery latency of each ``step.completed`` frame of an SSE response."""
     raw, arrival = receiver.arrivals()
-    latencies = []
+    latencies: list[Sample] = []
     position = raw.find(b"\r\n\r\n")  # end of the response head
     while (start := raw.find(b"event: step.completed", position)) != -1:
         data_at = raw.index(b"data: ", start) + 6
@@ -162,16 +179,16 @@ def sse_latencies(receiver: Receiver) -> list[float]:
         if end == -1:
             break
         data = raw[data_at : raw.index(b"\r\n", data_at)]
-        latencies.append(_latency(json.loads(data), arrival(end + 4)))
+        latencies.append(_sample(json.loads(data), arrival(end + 4)))
         position = end
     return latencies
 
 
-def ws_latencies(receiver: Receiver) -> list[float]:
+def ws_latencies(receiver: Receiver) -> list[Sample]:
     """Delivery latency of each ``step.completed`` message of a WebSocket (server frames are
     unmasked)."""
     raw, arrival = receiver.arrivals()
-    latencies = []
+    latencies: list[Sample] = []
     position = raw.find(b"\r\n\r\n") + 4  # end of the handshake response
     while position + 2 <= len(raw):
         length, offset = raw[position + 1] & 0x7F, position + 2
@@ -184,7 +201,7 @@ def ws_latencies(receiver: Receiver) -> list[float]:
             break
         payload = raw[offset:end]
         if raw[position] & 0x0F == 0x1 and b'"step.completed"' in payload[:200]:
-            latencies.append(_latency(json.loads(payload)["data"], arrival(end)))
+            latencies.append(_sample(json.loads(payload)["data"], arrival(end)))
         position = end
     return latencies
 
@@ -224,7 +241,7 @@ async def stalled_sse(base: str, token: str, execution_id: str) -> asyncio.Strea
     return writer
 
 
-async def read_direct(pubsub: Any, latencies: list[float], executions: int) -> None:
+async def read_direct(pubsub: Any, latencies: list[Sample], executions: int) -> None:
     """Step latencies of events read directly from Redis, until every execution finished."""
     finished = 0
     while finished < executions:
@@ -234,7 +251,7 @@ async def read_direct(pubsub: Any, latencies: list[float], executions: int) -> N
         received = time.time()
         event = json.loads(message["data"])
         if event["event"] == "step.completed":
-            latencies.append(_latency(event["data"], received))
+            latencies.append(_sample(event["data"], received))
         elif event["event"] == "status.changed" and event["data"]["status"] in TERMINAL:
             finished += 1
 
@@ -256,7 +273,7 @@ async def run_transport(
     # worker publish → Redis → here), so the fan-out's own share is what the clients add.
     direct = redis.pubsub()
     await direct.subscribe(*(f"agent.{i}" for i in ids))
-    direct_latencies: list[float] = []
+    direct_latencies: list[Sample] = []
     reading = asyncio.create_task(read_direct(direct, direct_latencies, executions))
     receivers = await asyncio.gather(
         *(connect(base, token, name, ids[i % executions]) for i in range(clients))
@@ -282,8 +299,8 @@ async def run_transport(
         "events_expected": clients * steps,
         "events_received": len(latencies),
         "clients_unfinished": len(pending),
-        "latency": latency_summary(latencies),
-        "redis_latency": latency_summary(direct_latencies),
+        "latency": summary(latencies),
+        "redis_latency": summary(direct_latencies),
     }
 
 
@@ -319,8 +336,8 @@ def table(result: dict[str, Any]) -> str:
         f"{os.cpu_count()} CPUs, {result['started_at']}",
         "",
         "| Transport | clients | events received / expected | latency p50 / p99 (ms) | "
-        "API peak RSS (MB) | Targets |",
-        "|---|---:|---:|---:|---:|---|",
+        "baseline: Redis direct p50 / p99 (ms) | API peak RSS (MB) | Targets |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name in ("sse", "ws"):
         if name not in result:
@@ -334,7 +351,9 @@ def table(result: dict[str, Any]) -> str:
         )  # fmt: skip
         rows.append(
             f"| {name} | {r['clients']} | {r['events_received']} / {r['events_expected']} | "
-            f"{r['latency']['p50_ms']} / {p99} | {r['api_peak_rss_mb']} | "
+            f"{r['latency']['p50_ms']} / {p99} | "
+            f"{r['redis_latency']['p50_ms']} / {r['redis_latency']['p99_ms']} | "
+            f"{r['api_peak_rss_mb']} | "
             f"p99 ≤ {TARGET_P99_MS:.0f} ms, RSS ≤ {TARGET_API_RSS_MB:.0f} MB, none behind: "
             f"{'PASS' if ok else 'FAIL'} |"
         )

@@ -55,6 +55,15 @@ async def test_sse_replays_then_streams_live_until_finished(alice, make_settings
         worker = asyncio.create_task(run_worker(settings))
         received = await read_events(http, f"/api/agents/{created['id']}/events", alice.headers)
         await worker
+        replayed = await read_events(http, f"/api/agents/{created['id']}/events", alice.headers)
+    # A replay after the end is the same stream, counts as they were at each status change.
+    assert replayed == received
+    counts = [
+        (e["data"]["step_count"], e["data"]["token_usage"] > 0)
+        for e in received
+        if e["event"] == "status.changed"
+    ]
+    assert counts == [(0, False), (0, False), (3, True)]
     assert summary(received) == [
         ("status.changed", "pending"),
         ("status.changed", "running"),

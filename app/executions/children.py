@@ -52,7 +52,8 @@ _WAKE = text(
     ), change_log AS (
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
         SELECT id, 'info', 'subagents_finished', 'Status changed to pending',
-               '{"from": "awaiting_event", "to": "pending"}'::jsonb
+               jsonb_build_object('from', 'awaiting_event', 'to', 'pending',
+                                  'step_count', step_count, 'token_usage', token_usage)
         FROM parent
         RETURNING id
     )
@@ -75,7 +76,8 @@ _CANCEL_DESCENDANTS = text(
     ), change_log AS (
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
         SELECT id, 'info', 'cancelled', 'Cancelled with its parent',
-               '{{"to": "cancelled", "reason": "parent"}}'::jsonb
+               jsonb_build_object('to', 'cancelled', 'reason', 'parent',
+                                  'step_count', step_count, 'token_usage', token_usage)
         FROM cancelled
         RETURNING id, execution_id
     )

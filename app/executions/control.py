@@ -105,7 +105,8 @@ _TRANSITION = text(
     ), change_log AS (
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
         SELECT id, 'info', :event_type, 'Status changed to ' || status,
-               jsonb_build_object('from', previous_status, 'to', status, 'by', :user_id)
+               jsonb_build_object('from', previous_status, 'to', status, 'by', :user_id,
+                                  'step_count', step_count, 'token_usage', token_usage)
         FROM execution
         RETURNING id
     )

@@ -68,7 +68,9 @@ _FAIL_LOST = text(
     ), status_log AS (
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
         SELECT id, 'error', 'status_changed', 'Failed: worker lost',
-               '{"from": "running", "to": "failed"}'::jsonb FROM execution
+               jsonb_build_object('from', 'running', 'to', 'failed',
+                                  'step_count', step_count, 'token_usage', token_usage)
+        FROM execution
         RETURNING id
     )
     SELECT status_log.id AS log_id, execution.* FROM execution, status_log

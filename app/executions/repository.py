@@ -20,7 +20,7 @@ _INSERT_EXECUTION = text(
     ), created AS (
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
         SELECT id, 'info', 'status_changed', 'Execution created',
-               '{"from": null, "to": "pending"}'::jsonb
+               '{"from": null, "to": "pending", "step_count": 0, "token_usage": 0}'::jsonb
         FROM execution
         RETURNING id
     )

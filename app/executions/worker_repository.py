@@ -46,7 +46,8 @@ _CLAIM = """
         SELECT id, 'info',
                CASE WHEN status = 'paused' THEN 'paused' ELSE 'status_changed' END,
                'Status changed to ' || status,
-               jsonb_build_object('from', previous_status, 'to', status, 'worker', $3::text)
+               jsonb_build_object('from', previous_status, 'to', status, 'worker', $3::text,
+                                  'step_count', step_count, 'token_usage', token_usage)
         FROM claimed WHERE previous_status <> status
         RETURNING id
     )
@@ -101,7 +102,7 @@ _COMMIT_STEP = """
     ), children_log AS (
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
         SELECT id, 'info', 'status_changed', 'Execution created',
-               '{"from": null, "to": "pending"}'::jsonb
+               '{"from": null, "to": "pending", "step_count": 0, "token_usage": 0}'::jsonb
         FROM children
     ), consumed AS (
         UPDATE agent_signals SET processed = true, processed_at = now()
@@ -119,7 +120,8 @@ _COMMIT_STEP = """
         SELECT id, 'info',
                CASE WHEN status = 'paused' THEN 'paused' ELSE 'status_changed' END,
                'Status changed to ' || status,
-               jsonb_build_object('from', 'running', 'to', status)
+               jsonb_build_object('from', 'running', 'to', status,
+                                  'step_count', $3::int, 'token_usage', $4::int)
         FROM execution WHERE status <> 'running'
         RETURNING id
     )
@@ -139,7 +141,8 @@ _FINISH = """
     ), status_log AS (
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
         SELECT id, $4, 'status_changed', $5,
-               jsonb_build_object('from', 'running', 'to', $3::varchar, 'error', $6::jsonb)
+               jsonb_build_object('from', 'running', 'to', $3::varchar, 'error', $6::jsonb,
+                                  'step_count', step_count, 'token_usage', token_usage)
         FROM execution
         RETURNING id
     )

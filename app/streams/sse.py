@@ -43,8 +43,10 @@ def replayed_event(row: ExecutionLog, execution: Execution) -> events.Event:
     if row.event_type in _STATUS_EVENT_TYPES and "to" in row.context:
         status = Status(row.context["to"])
         return events.status_changed(
-            execution.id, row.id, status, step_count=execution.step_count,
-            token_usage=execution.token_usage,
+            # The counts at the time of the change (older rows without them: the current ones).
+            execution.id, row.id, status,
+            step_count=int(row.context.get("step_count", execution.step_count)),
+            token_usage=int(row.context.get("token_usage", execution.token_usage)),
             completed_at=execution.completed_at if status in TERMINAL else None,
         )  # fmt: skip
     return events.Event(
