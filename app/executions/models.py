@@ -38,6 +38,9 @@ class Execution(Base):
         Index("ix_agent_executions_user_id_status", "user_id", "status"),
         Index("ix_agent_executions_user_id_created_at", "user_id", "created_at"),
         Index("ix_agent_executions_status_created_at", "status", "created_at"),
+        # The admin list, newest first with no filter (scanned backwards). ``created_at`` and
+        # ``id`` never change, so step UPDATEs stay HOT.
+        Index("ix_agent_executions_created_at_id", "created_at", "id"),
         # The sweep's index of running executions leaves ``heartbeat_at`` out on purpose: a
         # step's UPDATE then changes no indexed column and stays a HOT update (no index writes).
         Index("ix_agent_executions_running", "id", postgresql_where=text("status = 'running'")),
