@@ -54,13 +54,16 @@ async def migrate(settings: Settings) -> None:
     assert settings.database_url
     config = alembic_config()
     engine = create_engine(settings.database_url, pool_size=1)
-    async with engine.begin() as conn:
+    # A plain connection: Alembic runs each migration in its own transaction (some build
+    # indexes outside any transaction).
+    async with engine.connect() as conn:
 
         def upgrade(sync_conn: object) -> None:
             config.attributes["connection"] = sync_conn  # type: ignore[attr-defined]
             command.upgrade(config, "head")  # type: ignore[arg-type]
 
         await conn.run_sync(upgrade)
+        await conn.commit()
     await engine.dispose()
 
 

@@ -20,7 +20,14 @@ target_metadata = Base.metadata
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        compare_type=True,
+        # One transaction per migration: a migration may need an autocommit block (CREATE INDEX
+        # CONCURRENTLY), which commits what ran before it.
+        transaction_per_migration=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -36,7 +36,9 @@ def alembic_config(connection: Any = None) -> Config:
 
 async def run_alembic(url: str, *commands: tuple[str, str]) -> None:
     engine = create_engine(url, pool_size=1)
-    async with engine.begin() as conn:
+    # A plain connection: Alembic runs each migration in its own transaction (some build
+    # indexes outside any transaction).
+    async with engine.connect() as conn:
 
         def run(sync_conn: Any) -> None:
             config = alembic_config(sync_conn)
@@ -44,6 +46,7 @@ async def run_alembic(url: str, *commands: tuple[str, str]) -> None:
                 getattr(command, name)(config, revision)
 
         await conn.run_sync(run)
+        await conn.commit()
     await engine.dispose()
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 import httpx
@@ -14,7 +15,7 @@ import pytest
 from app.executions.events import execution_channel
 from app.streams.hub import Hub
 from tests.conftest import scripted_type
-from tests.fixtures.api import live_api
+from tests.fixtures.api import api_client, live_api
 from tests.fixtures.users import make_account
 from tests.test_engine import start
 from tests.test_processes import service_env
@@ -280,3 +281,101 @@ async def test_a_client_that_stops_reading_is_disconnected(alice, make_settings,
             http, f"/api/agents/{created['id']}/events", alice.headers, stop_after=1
         )
         assert got[0]["data"]["status"] == "pending"
+
+
+async def test_a_replay_racing_the_final_commit_still_finishes(
+    alice, make_settings, sessions, test_redis_url, monkeypatch
+):
+    """The execution ends between the replay's read of the execution and of its logs: the
+    terminal status arrives in the replay (its live copy is skipped), and the stream must still
+    send ``finished`` and end."""
+    from app.executions import repository
+    from app.streams import sse
+
+    settings = make_settings()
+    hub = Hub(test_redis_url)
+    await hub.start()
+    try:
+        async with api_client(settings) as http:
+            created = await start(http, alice, "demo")
+            read_logs = repository.list_logs
+            cancelled = False
+
+            async def cancel_then_read(*args: Any, **kwargs: Any) -> Any:
+                nonlocal cancelled
+                if not cancelled:
+                    cancelled = True
+                    url = f"/api/agents/{created['id']}/cancel"
+                    assert (await http.post(url, headers=alice.headers)).status_code == 202
+                return await read_logs(*args, **kwargs)
+
+            monkeypatch.setattr(repository, "list_logs", cancel_then_read)
+
+            async def collect() -> bytes:
+                stream = sse.execution_events(hub, sessions, uuid.UUID(created["id"]), 0)
+                return b"".join([c if isinstance(c, bytes) else c.encode() async for c in stream])
+
+            body = await asyncio.wait_for(collect(), 10)
+    finally:
+        await hub.close()
+    assert cancelled
+    assert b'"status": "cancelled"' in body
+    assert body.rstrip().endswith(b'data: {"status": "cancelled"}')
+    assert hub.subscriber_count == 0
+
+
+async def test_a_subscribe_cancelled_midway_leaves_nothing_behind(test_redis_url, redis):
+    hub = Hub(test_redis_url)
+    await hub.start()
+    try:
+        channel = execution_channel("cancelled-subscribe")
+        subscribing = asyncio.create_task(hub.subscribe(channel))
+        await asyncio.sleep(0)  # inside subscribe, before Redis confirmed it
+        subscribing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await subscribing
+        assert hub.subscriber_count == 0
+        for _ in range(100):
+            if await redis_subscribers(redis, channel) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await redis_subscribers(redis, channel) == 0
+        # The channel works normally afterwards.
+        again = await asyncio.wait_for(hub.subscribe(channel), 5)
+        await redis.publish(channel, json.dumps({"event": "log", "id": 7, "data": {}}))
+        received = await asyncio.wait_for(again.queue.get(), 5)
+        assert received is not None
+        assert received.id == 7
+    finally:
+        await hub.close()
+
+
+async def test_after_a_lost_connection_streams_end_and_new_ones_subscribe_afresh(
+    test_redis_url, redis
+):
+    name = f"hub-{uuid.uuid4().hex[:8]}"
+    hub = Hub(test_redis_url, client_name=name)
+    await hub.start()
+    try:
+        channel = execution_channel("lost-connection")
+        old = await hub.subscribe(channel)
+        clients = await redis.client_list()
+        (hub_client,) = [c for c in clients if c.get("name") == name and c.get("cmd") != "ping"]
+        await redis.execute_command("CLIENT", "KILL", "ID", hub_client["id"])
+        assert await asyncio.wait_for(old.queue.get(), 5) is None  # the stream ends; it resumes
+        new = None
+        for _ in range(50):  # the hub reconnects within a second or two
+            try:
+                new = await asyncio.wait_for(hub.subscribe(channel), 5)
+                break
+            except (ConnectionError, OSError, TimeoutError):
+                await asyncio.sleep(0.2)
+        assert new is not None
+        await redis.publish(channel, json.dumps({"event": "log", "id": 9, "data": {}}))
+        received = await asyncio.wait_for(new.queue.get(), 5)
+        assert received is not None
+        assert received.id == 9
+        hub.release(old)  # late release of an ended stream does not touch the new one
+        assert hub.subscriber_count == 1
+    finally:
+        await hub.close()

@@ -83,8 +83,10 @@ class Subscription:
 
 
 class Hub:
-    def __init__(self, redis_url: str, queue_size: int = QUEUE_SIZE) -> None:
-        self._redis = Redis.from_url(redis_url)
+    def __init__(
+        self, redis_url: str, queue_size: int = QUEUE_SIZE, client_name: str = "agents-hub"
+    ) -> None:
+        self._redis = Redis.from_url(redis_url, client_name=client_name)
         self._queue_size = queue_size
         self._pubsub: PubSub | None = None
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
@@ -92,6 +94,7 @@ class Hub:
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._unsubscribing: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def start(self) -> None:
         self._pubsub = self._redis.pubsub()
@@ -99,6 +102,7 @@ class Hub:
         self._reader = asyncio.create_task(self._read())
 
     async def close(self) -> None:
+        self._closed = True
         for task in list(self._unsubscribing):
             task.cancel()
         if self._reader is not None:
@@ -117,16 +121,20 @@ class Hub:
     async def subscribe(self, channel: str) -> Subscription:
         assert self._pubsub is not None, "the hub is not started"
         subscription = Subscription(channel, self._queue_size)
-        async with self._lock:
-            first = not self._subscribers[channel]
-            self._subscribers[channel].add(subscription)
-            if first:
-                confirmed = asyncio.get_running_loop().create_future()
-                self._confirmed[channel] = confirmed
-                await self._pubsub.subscribe(channel)
-            else:
-                confirmed = self._confirmed[channel]
-        await asyncio.wait_for(asyncio.shield(confirmed), 10)
+        try:
+            async with self._lock:
+                first = not self._subscribers[channel]
+                self._subscribers[channel].add(subscription)
+                if first:
+                    confirmed = asyncio.get_running_loop().create_future()
+                    self._confirmed[channel] = confirmed
+                    await self._pubsub.subscribe(channel)
+                else:
+                    confirmed = self._confirmed[channel]
+            await asyncio.wait_for(asyncio.shield(confirmed), 10)
+        except BaseException:  # cancelled or timed out: the caller never gets to release it
+            self.release(subscription)
+            raise
         return subscription
 
     def release(self, subscription: Subscription) -> None:
@@ -139,9 +147,14 @@ class Hub:
         subscribers.discard(subscription)
         if not subscribers:
             del self._subscribers[subscription.channel]
-            task = asyncio.create_task(self._unsubscribe_unused(subscription.channel))
-            self._unsubscribing.add(task)
-            task.add_done_callback(self._unsubscribing.discard)
+            self._unsubscribe_later(subscription.channel)
+
+    def _unsubscribe_later(self, channel: str) -> None:
+        if self._closed:
+            return
+        task = asyncio.create_task(self._unsubscribe_unused(channel))
+        self._unsubscribing.add(task)
+        task.add_done_callback(self._unsubscribing.discard)
 
     async def _unsubscribe_unused(self, channel: str) -> None:
         assert self._pubsub is not None
@@ -194,9 +207,16 @@ class Hub:
                 subscription.deliver(published)
 
     def _fail_all(self) -> None:
-        """Streams cannot trust their feed after a connection loss: end them (clients resume)."""
-        for subscribers in self._subscribers.values():
+        """Streams cannot trust their feed after a connection loss: end them (clients resume)
+        and forget their channels, so that a new stream subscribes afresh and waits for Redis to
+        confirm it instead of trusting the old confirmation."""
+        for channel, subscribers in list(self._subscribers.items()):
             for subscription in subscribers:
                 subscription.overflowed = True
                 with contextlib.suppress(asyncio.QueueFull):
                     subscription.queue.put_nowait(None)
+            del self._subscribers[channel]
+            confirmed = self._confirmed.pop(channel, None)
+            if confirmed is not None and not confirmed.done():
+                confirmed.set_exception(ConnectionError("the pub/sub connection was lost"))
+            self._unsubscribe_later(channel)

@@ -63,6 +63,10 @@ def replayed_event(row: ExecutionLog, execution: Execution) -> events.Event:
     )
 
 
+def _is_terminal_change(row: ExecutionLog) -> bool:
+    return row.event_type in _STATUS_EVENT_TYPES and row.context.get("to") in TERMINAL
+
+
 def _step_number(message: str) -> int:
     parts = message.split()
     return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
@@ -142,6 +146,12 @@ async def execution_events(
                 rows = await repository.list_logs(
                     session, execution_id, after_id=last_id, limit=REPLAY_BATCH
                 )
+                if execution.status not in TERMINAL and any(map(_is_terminal_change, rows)):
+                    # It ended between the two reads: its live events are among the replayed
+                    # ones (and will be skipped), so take the execution as it ended.
+                    execution = await session.get(Execution, execution_id, populate_existing=True)
+                    if execution is None:
+                        return
                 if rows:
                     yield b"".join(_sse(replayed_event(row, execution)).encode() for row in rows)
                     last_id = rows[-1].id

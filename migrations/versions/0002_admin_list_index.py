@@ -16,8 +16,22 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_agent_executions_created_at_id", "agent_executions", ["created_at", "id"])
+    # Built without locking writes, so workers keep committing steps while it builds.
+    with op.get_context().autocommit_block():
+        op.create_index(
+            "ix_agent_executions_created_at_id",
+            "agent_executions",
+            ["created_at", "id"],
+            postgresql_concurrently=True,
+            if_not_exists=True,
+        )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_agent_executions_created_at_id", table_name="agent_executions")
+    with op.get_context().autocommit_block():
+        op.drop_index(
+            "ix_agent_executions_created_at_id",
+            table_name="agent_executions",
+            postgresql_concurrently=True,
+            if_exists=True,
+        )
