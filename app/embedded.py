@@ -112,6 +112,23 @@ def _leave_redis(redis_dir: Path, sock: Path, pid: int) -> None:
                 conn.connect(str(sock))
                 conn.sendall(b"SHUTDOWN\r\n")
                 conn.recv(64)  # the server closes the connection when it is gone
+        _wait_gone(redis_dir / "redis.pid")
+
+
+def _wait_gone(pid_file: Path, timeout: float = 10.0) -> None:
+    """Wait until the server recorded in ``pid_file`` has exited (reaping it if it is ours)."""
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        if not _alive(pid):
+            return
+        time.sleep(0.01)
 
 
 def start_redis(data_dir: Path, database: int = 0) -> str:
@@ -149,6 +166,7 @@ def _launch_redis(redis_dir: Path, sock: Path) -> None:
     ]  # fmt: skip
     # Its own session: Ctrl-C in a terminal reaches the commands, which then leave in order.
     process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+    (redis_dir / "redis.pid").write_text(f"{process.pid}\n")
     deadline = time.monotonic() + 20
     while not _answers_ping(sock):
         if process.poll() is not None:
