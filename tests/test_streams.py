@@ -379,3 +379,19 @@ async def test_after_a_lost_connection_streams_end_and_new_ones_subscribe_afresh
         assert hub.subscriber_count == 1
     finally:
         await hub.close()
+
+
+def test_the_progress_stream_override_still_applies_to_sse_starlette():
+    """ProgressStream replaces a private method of sse-starlette (the per-send timeout scope);
+    if an upgrade renames it or stops calling it, the override would silently do nothing."""
+    import inspect
+
+    from sse_starlette.sse import EventSourceResponse
+
+    from app.streams.router import ProgressStream
+
+    assert "_send_with_timeout" in vars(EventSourceResponse)
+    assert inspect.signature(EventSourceResponse._send_with_timeout) == inspect.signature(
+        ProgressStream._send_with_timeout
+    )
+    assert "self._send_with_timeout(" in inspect.getsource(EventSourceResponse._stream_response)
