@@ -1,5 +1,32 @@
 """Fixtures for the agent runtime tests."""
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.agents.state import Message
+from tests.fixtures.anthropic_server import fake_anthropic, fake_anthropic_server
 from tests.fixtures.openai_server import fake_openai, fake_openai_server
 
-__all__ = ["fake_openai", "fake_openai_server"]
+__all__ = ["fake_anthropic", "fake_anthropic_server", "fake_openai", "fake_openai_server"]
+
+CONVERSATION = [Message(role="system", content="be brief"), Message(role="user", content="hi")]
+"""A short conversation for the provider driver tests."""
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """An empty workspace directory."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    return workspace
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP client the drivers share. trust_env=False: a proxy configured in the
+    environment must not intercept 127.0.0.1."""
+    async with httpx.AsyncClient(trust_env=False) as client:
+        yield client

@@ -1,14 +1,34 @@
 """Helpers for tests that drive an agent with a script and look at what the model was sent."""
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
+
+from pydantic import BaseModel
 
 from app.agents.agent import Agent, StepRecord
 from app.agents.drivers.base import ModelResponse
 from app.agents.drivers.scripted import ScriptedDriver
 from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
 from app.agents.state import AgentState, Message
-from app.agents.tools import Tool, ToolSpec
+from app.agents.tools import Tool, ToolContext, ToolSpec
+
+
+class SleepArgs(BaseModel):
+    seconds: float
+
+
+class Sleep(Tool):
+    """A tool that takes its time."""
+
+    name = "sleep"
+    description = "Sleep."
+    Args = SleepArgs
+
+    async def run(self, args: BaseModel, context: ToolContext) -> str:
+        assert isinstance(args, SleepArgs)
+        await asyncio.sleep(args.seconds)
+        return "slept"
 
 
 class RecordingDriver:

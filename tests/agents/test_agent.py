@@ -1,16 +1,14 @@
 """The agent loop, driven by scripts, with the real file tools."""
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import BaseModel
 
 from app.agents.agent import Agent, StepRecord
 from app.agents.demo import DEMO_AGENT
@@ -20,14 +18,9 @@ from app.agents.file_tools import file_tools
 from app.agents.registry import build_agent
 from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
 from app.agents.state import AgentState, Message
-from app.agents.tools import Tool, ToolContext
+from app.agents.tools import Tool
 from app.agents.workspace import Workspace
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
+from tests.agents.scripting import Sleep
 
 
 def scripted(script: list[ScriptedTurn], **limits: Any) -> AgentTypeSpec:
@@ -190,23 +183,6 @@ async def test_no_step_starts_after_the_timeout(tmp_path: Path) -> None:
 
     assert await run(agent, state) == []
     assert state.stop_reason == "timeout"
-
-
-class SleepArgs(BaseModel):
-    seconds: float
-
-
-class Sleep(Tool):
-    """A tool that takes its time."""
-
-    name = "sleep"
-    description = "Sleep."
-    Args = SleepArgs
-
-    async def run(self, args: BaseModel, context: ToolContext) -> str:
-        assert isinstance(args, SleepArgs)
-        await asyncio.sleep(args.seconds)
-        return "slept"
 
 
 async def test_timeout_bounds_tools_too(tmp_path: Path) -> None:

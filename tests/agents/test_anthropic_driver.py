@@ -3,7 +3,6 @@
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +17,16 @@ from app.agents.spec import AgentTypeSpec
 from app.agents.state import Message, ToolCall
 from app.agents.tools import ToolSpec
 from app.agents.workspace import Workspace
+from tests.agents.conftest import CONVERSATION
 from tests.fixtures.anthropic_server import (
     FakeAnthropic,
     error_body,
-    fake_anthropic,
-    fake_anthropic_server,
     messages_response,
     text,
     tool_use,
 )
 
-__all__ = ["fake_anthropic", "fake_anthropic_server"]
-
 KEY = "sk-ant-test-0123456789"
-CONVERSATION = [Message(role="system", content="be brief"), Message(role="user", content="hi")]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    # trust_env=False: a proxy configured in the environment must not intercept 127.0.0.1.
-    async with httpx.AsyncClient(trust_env=False) as client:
-        yield client
 
 
 def driver(

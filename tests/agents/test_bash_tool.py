@@ -24,13 +24,6 @@ from app.agents.workspace import Workspace
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    workspace = tmp_path / "workspace"
-    workspace.mkdir()
-    return workspace
-
-
-@pytest.fixture
 def processes() -> ProcessRegistry:
     return ProcessRegistry()
 

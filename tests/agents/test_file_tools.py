@@ -19,13 +19,6 @@ from app.agents.workspace import Workspace
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    workspace = tmp_path / "workspace"
-    workspace.mkdir()
-    return workspace
-
-
-@pytest.fixture
 def outside(tmp_path: Path) -> Path:
     """A directory next to the workspace holding a secret."""
     directory = tmp_path / "outside"

@@ -3,7 +3,6 @@
 import json
 import socket
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,17 +16,10 @@ from app.agents.registry import build_agent
 from app.agents.spec import AgentTypeSpec
 from app.agents.state import Message
 from app.agents.tools import ToolSpec
+from tests.agents.conftest import CONVERSATION
 from tests.fixtures.openai_server import FakeOpenAI, chat_completion, error_body, tool_call
 
 KEY = "sk-test-0123456789"
-CONVERSATION = [Message(role="system", content="be brief"), Message(role="user", content="hi")]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    # trust_env=False: a proxy configured in the environment must not intercept 127.0.0.1.
-    async with httpx.AsyncClient(trust_env=False) as client:
-        yield client
 
 
 def driver(

@@ -1,16 +1,14 @@
 """The task_plan tool: the plan lives in the agent state and is shown to the model."""
 
-import asyncio
 import json
 from contextlib import aclosing
 
 import pytest
-from pydantic import BaseModel
 
 from app.agents.state import AgentState, Message, Task
 from app.agents.task_tools import MAX_TASKS, TaskPlan, render_plan
-from app.agents.tools import Tool, ToolContext
-from tests.agents.scripting import call, recording_agent, run, turn
+from app.agents.tools import ToolContext
+from tests.agents.scripting import Sleep, call, recording_agent, run, turn
 
 PLAN = [
     {"title": "read the code", "status": "done"},
@@ -143,21 +141,6 @@ async def test_the_plan_survives_snapshot_and_restore() -> None:
     assert snapshot["tasks"] == PLAN
     assert restored.tasks == state.tasks == [Task.model_validate(task) for task in PLAN]
     assert driver.requests[0][0].content == "system prompt\n\n" + render_plan(restored.tasks)
-
-
-class SleepArgs(BaseModel):
-    seconds: float
-
-
-class Sleep(Tool):
-    name = "sleep"
-    description = "Sleep."
-    Args = SleepArgs
-
-    async def run(self, args: BaseModel, context: ToolContext) -> str:
-        assert isinstance(args, SleepArgs)
-        await asyncio.sleep(args.seconds)
-        return "slept"
 
 
 async def test_a_step_cut_short_leaves_the_plan_alone() -> None:

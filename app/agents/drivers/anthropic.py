@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, Unpack
 
 import httpx
 from pydantic import BaseModel, model_validator
 
 from app.agents.drivers.base import ModelResponse
-from app.agents.drivers.http import JsonApiDriver
+from app.agents.drivers.http import DriverOptions, JsonApiDriver
 from app.agents.state import Message, ToolCall, Usage
 from app.agents.tools import ToolSpec
 
@@ -53,26 +53,15 @@ class AnthropicDriver(JsonApiDriver["_Reply"]):
         self,
         client: httpx.AsyncClient,
         *,
-        base_url: str,
-        api_key: str | None,
-        model: str,
-        timeout: float,
-        max_retries: int,
         max_output_tokens: int = 4096,
-        backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
+        **options: Unpack[DriverOptions],
     ) -> None:
-        super().__init__(
-            client,
-            url=messages_url(base_url),
-            api_key=api_key,
-            model=model,
-            timeout=timeout,
-            max_retries=max_retries,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
-        )
+        super().__init__(client, **options)
         self.max_output_tokens = max_output_tokens
+
+    @staticmethod
+    def _endpoint(base_url: str) -> str:
+        return messages_url(base_url)
 
     def _request_body(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec]

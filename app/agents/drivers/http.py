@@ -10,7 +10,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, NotRequired, TypedDict, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -24,6 +24,18 @@ from app.agents.tools import ToolSpec, describe_validation_error
 _SNIPPET_CHARS = 300
 
 ReplyT = TypeVar("ReplyT", bound=BaseModel)
+
+
+class DriverOptions(TypedDict):
+    """:class:`JsonApiDriver`'s settings, for a subclass that adds its own."""
+
+    base_url: str
+    api_key: str | None
+    model: str
+    timeout: float
+    max_retries: int
+    backoff_base: NotRequired[float]
+    backoff_max: NotRequired[float]
 
 
 class JsonApiDriver(ABC, Generic[ReplyT]):
@@ -53,16 +65,16 @@ class JsonApiDriver(ABC, Generic[ReplyT]):
         self,
         client: httpx.AsyncClient,
         *,
-        url: str,
+        base_url: str,
         api_key: str | None,
         model: str,
         timeout: float,
         max_retries: int,
-        backoff_base: float,
-        backoff_max: float,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
     ) -> None:
         self.client = client
-        self.url = url
+        self.url = self._endpoint(base_url)
         self.model = model
         self.timeout = timeout
         self.max_retries = max_retries
@@ -70,6 +82,11 @@ class JsonApiDriver(ABC, Generic[ReplyT]):
         self.backoff_max = backoff_max
         self._api_key = api_key or None
         self._random = random.Random()
+
+    @staticmethod
+    @abstractmethod
+    def _endpoint(base_url: str) -> str:
+        """The URL requests are POSTed to, under the configured ``base_url``."""
 
     @abstractmethod
     def _request_body(

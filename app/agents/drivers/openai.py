@@ -40,28 +40,9 @@ class OpenAIChatDriver(JsonApiDriver["_Completion"]):
     result_key = "choices"
     _logger = logger
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        *,
-        base_url: str,
-        api_key: str | None,
-        model: str,
-        timeout: float,
-        max_retries: int,
-        backoff_base: float = 0.5,
-        backoff_max: float = 30.0,
-    ) -> None:
-        super().__init__(
-            client,
-            url=base_url.rstrip("/") + "/chat/completions",
-            api_key=api_key,
-            model=model,
-            timeout=timeout,
-            max_retries=max_retries,
-            backoff_base=backoff_base,
-            backoff_max=backoff_max,
-        )
+    @staticmethod
+    def _endpoint(base_url: str) -> str:
+        return base_url.rstrip("/") + "/chat/completions"
 
     def _request_body(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec]
