@@ -51,17 +51,9 @@ def build_agent(
     driver: Driver
     if spec.provider == "scripted":
         driver = ScriptedDriver(spec.script)
-    elif spec.provider == "anthropic":
-        driver = AnthropicDriver(
-            http,
-            base_url=spec.base_url,
-            api_key=_api_key(spec, environ),
-            model=spec.model,
-            timeout=spec.request_timeout,
-            max_retries=spec.max_retries,
-        )
     else:
-        driver = OpenAIChatDriver(
+        provider = AnthropicDriver if spec.provider == "anthropic" else OpenAIChatDriver
+        driver = provider(
             http,
             base_url=spec.base_url,
             api_key=_api_key(spec, environ),
