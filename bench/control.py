@@ -34,13 +34,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bench.engine import (
-    Children,
-    latency_summary,
-    launch_service,
-    run_benchmark,
-    toml_preamble,
-)
+from bench.harness import Children, launch_service, run_benchmark, toml_preamble
+from bench.metrics import latency_summary
 
 STEP_SECONDS = 0.05
 HANG_SECONDS = 30.0

@@ -30,18 +30,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.engine import (
+from bench.harness import (
     TERMINAL,
     Children,
-    RssSampler,
     Service,
-    latency_summary,
     launch_service,
-    ms,
-    percentile,
     run_benchmark,
     toml_preamble,
 )
+from bench.metrics import RssSampler, latency_summary, ms, percentile
 
 STEP_SECONDS = 0.1
 # The first step waits long enough for every client to connect, so all step events are live.
