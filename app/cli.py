@@ -12,26 +12,34 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.config import Settings, describe_settings_error
+from app.config import ServicesNotConfigured, Settings, describe_settings_error
 
 DEMO_EMAIL = "demo@localhost"
+# The long-running service processes never start embedded servers: they need configured ones.
+SERVICE_COMMANDS = frozenset({"serve", "worker"})
 
 
-def load_settings() -> Settings:
-    """Settings with embedded servers for any URL not configured; exits on invalid settings."""
-    from app.embedded import with_services
+def load_settings(*, embedded: bool = False) -> Settings:
+    """The settings, exiting with a message if they are invalid or name no database or Redis.
 
+    With ``embedded``, embedded servers stand in for any URL not configured; the URLs are
+    exported so child processes (and the Alembic env) use the same servers.
+    """
     try:
         settings = Settings()
     except (ValidationError, FileNotFoundError, ValueError) as exc:
         sys.exit(describe_settings_error(exc))
-    resolved = with_services(settings)
-    # Child processes (and the Alembic env) use the same servers.
-    assert resolved.database_url
-    assert resolved.redis_url
-    os.environ["DATABASE_URL"] = resolved.database_url
-    os.environ["REDIS_URL"] = resolved.redis_url
-    return resolved
+    if embedded:
+        from app.embedded import with_services
+
+        settings = with_services(settings)
+    try:
+        database_url, redis_url = settings.service_urls()
+    except ServicesNotConfigured as exc:
+        sys.exit(str(exc))
+    os.environ["DATABASE_URL"] = database_url
+    os.environ["REDIS_URL"] = redis_url
+    return settings
 
 
 def alembic_config() -> object:
@@ -119,7 +127,7 @@ async def demo_token(settings: Settings) -> str:
     return token
 
 
-def _uvicorn_config(settings: Settings, host: str, port: int, workers: int = 1) -> object:
+def _uvicorn_config(settings: Settings, host: str, port: int) -> object:
     import uvicorn
 
     from app.main import create_app
@@ -128,7 +136,6 @@ def _uvicorn_config(settings: Settings, host: str, port: int, workers: int = 1) 
         create_app(settings),
         host=host,
         port=port,
-        workers=workers,
         log_level="info",
         loop="uvloop" if sys.platform != "win32" else "asyncio",
         http="httptools",
@@ -218,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)
-    settings = load_settings()
+    settings = load_settings(embedded=args.command not in SERVICE_COMMANDS)
     if args.command == "worker" and args.processes > 1:
         queue_args = [arg for q in (args.queue or []) for arg in ("--queue", q)]
         _run_processes(["worker", *queue_args], args.processes)

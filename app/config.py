@@ -1,10 +1,13 @@
 """Settings: environment variables (``AGENTS_*``, ``DATABASE_URL``, ``REDIS_URL``) over an optional
-TOML file (``AGENTS_CONFIG_FILE``) over the defaults below."""
+TOML file (``AGENTS_CONFIG_FILE``) over the defaults below and the built-in agent types of
+:mod:`app.agents.catalogue`."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 from pydantic import (
@@ -14,6 +17,8 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -24,7 +29,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from app.agents.demo import DEMO_AGENT
+from app.agents.catalogue import builtin_agent_types, builtin_subagents
 from app.agents.spec import AgentTypeSpec
 
 Tier = Literal["free", "pro", "enterprise"]
@@ -72,7 +77,7 @@ class WorkerTuning(_Section):
     sweep_interval: PositiveInt = 30
 
 
-def _default_tiers() -> dict[Tier, TierLimits]:
+def _default_tiers() -> dict[str, TierLimits]:
     return {
         "free": TierLimits(concurrent=1, per_hour=10),
         "pro": TierLimits(concurrent=5, per_hour=100),
@@ -80,74 +85,23 @@ def _default_tiers() -> dict[Tier, TierLimits]:
     }
 
 
-def _builtin_agent_types() -> dict[str, AgentTypeSpec]:
-    return {
-        "code-assistant": AgentTypeSpec(
-            description="Reads and edits code in its workspace.",
-            system_prompt="You are a careful senior software engineer working in a repository.",
-            capabilities=["files"],
-            queue="agents-default",
-            max_steps=50,
-        ),
-        "research": AgentTypeSpec(
-            description="Investigates a question in depth, fanning out to subagents.",
-            system_prompt=(
-                "You are a meticulous researcher. Split broad questions into parts, hand them "
-                "to subagents, then synthesise what they found. Cite what you find."
-            ),
-            capabilities=["files", "tasks", "subagents"],
-            subagents=["deep-research", "quick-lookup", "synthesis"],
-            queue="agents-long",
-            max_steps=100,
-            max_depth=3,
-        ),
-        "code-review": AgentTypeSpec(
-            description="Reviews code and reports problems.",
-            system_prompt="You are a thorough code reviewer. Report concrete problems.",
-            capabilities=["files"],
-            queue="agents-default",
-            timeout=300,
-            max_steps=30,
-        ),
-        "demo": DEMO_AGENT,
-    }
+_DEFAULT_TABLES: dict[str, Callable[[], Mapping[str, BaseModel]]] = {
+    "tiers": _default_tiers,
+    "agent_types": builtin_agent_types,
+    "subagents": builtin_subagents,
+}
 
 
-def _builtin_subagents() -> dict[str, AgentTypeSpec]:
-    return {
-        "deep-research": AgentTypeSpec(
-            description="Investigates one sub-question thoroughly and reports findings.",
-            system_prompt="You research one question thoroughly and report what you found.",
-            capabilities=["files", "tasks"],
-            queue="agents-long",
-            max_steps=50,
-        ),
-        "quick-lookup": AgentTypeSpec(
-            description="Answers a narrow factual question quickly.",
-            system_prompt="You answer one narrow question quickly and precisely.",
-            capabilities=["files"],
-            queue="agents-default",
-            max_steps=10,
-        ),
-        "synthesis": AgentTypeSpec(
-            description="Combines findings into one coherent answer.",
-            system_prompt="You combine the findings you are given into one coherent answer.",
-            capabilities=["files"],
-            queue="agents-default",
-            max_steps=10,
-        ),
-    }
-
-
-def _merge_specs(builtins: dict[str, AgentTypeSpec], value: Any) -> Any:
-    """Configured specs add to the built-in ones; a table naming a built-in overrides fields."""
+def _merge_tables(defaults: Mapping[str, BaseModel], value: Any) -> Any:
+    """Configured tables add to the defaults; a table naming a default overrides the given
+    fields (only those set, so a spec's unset fields keep their defaults)."""
     if not isinstance(value, dict):
         return value
     merged: dict[str, Any] = {
-        name: spec.model_dump(exclude_unset=True) for name, spec in builtins.items()
+        name: model.model_dump(exclude_unset=True) for name, model in defaults.items()
     }
     for name, override in value.items():
-        if isinstance(override, AgentTypeSpec):
+        if isinstance(override, BaseModel):
             override = override.model_dump(exclude_unset=True)
         if name in merged and isinstance(override, dict):
             merged[name] = {**merged[name], **override}
@@ -157,6 +111,11 @@ def _merge_specs(builtins: dict[str, AgentTypeSpec], value: Any) -> Any:
 
 
 SUBAGENT_PREFIX = "subagent:"
+
+
+class ServicesNotConfigured(RuntimeError):
+    """``DATABASE_URL`` / ``REDIS_URL`` are not set where embedded servers may not be started
+    (everywhere but ``agents dev``, the admin commands and the tests)."""
 
 
 class Settings(BaseSettings):
@@ -170,43 +129,24 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "AGENTS_REDIS_URL")
     )
-    config_file: Path | None = None
     data_dir: Path = Path(".data")
     workspace_base: Path = Path(".data/workspaces")
     db_pool_size: PositiveInt = 20
-    tiers: dict[Tier, TierLimits] = Field(default_factory=_default_tiers)
+    tiers: dict[Tier, TierLimits] = Field(default_factory=dict)
     queues: Queues = Field(default_factory=Queues)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     limits: Limits = Field(default_factory=Limits)
     worker: WorkerTuning = Field(default_factory=WorkerTuning)
     agent_types: dict[str, AgentTypeSpec] = Field(default_factory=dict)
     subagents: dict[str, AgentTypeSpec] = Field(default_factory=dict)
+    # Private, so secrets stay out of repr() and model_dump().
+    _provider_keys: dict[str, str] = PrivateAttr(default_factory=dict)
 
-    @field_validator("tiers", mode="before")
+    @field_validator("tiers", "agent_types", "subagents", mode="before")
     @classmethod
-    def _merge_default_tiers(cls, value: Any) -> Any:
-        """Configuring one tier, or one limit of a tier, keeps the defaults of the rest."""
-        if not isinstance(value, dict):
-            return value
-        merged: dict[str, Any] = {name: t.model_dump() for name, t in _default_tiers().items()}
-        for name, override in value.items():
-            if isinstance(override, TierLimits):
-                override = override.model_dump()
-            if name in merged and isinstance(override, dict):
-                merged[name] = {**merged[name], **override}
-            else:
-                merged[name] = override
-        return merged
-
-    @field_validator("agent_types", mode="before")
-    @classmethod
-    def _merge_builtin_agent_types(cls, value: Any) -> Any:
-        return _merge_specs(_builtin_agent_types(), value)
-
-    @field_validator("subagents", mode="before")
-    @classmethod
-    def _merge_builtin_subagents(cls, value: Any) -> Any:
-        return _merge_specs(_builtin_subagents(), value)
+    def _add_to_defaults(cls, value: Any, info: ValidationInfo) -> Any:
+        """Configuring one tier or agent type, or one field of it, keeps the rest."""
+        return _merge_tables(_DEFAULT_TABLES[str(info.field_name)](), value)
 
     @field_validator("agent_types")
     @classmethod
@@ -232,6 +172,12 @@ class Settings(BaseSettings):
         ``timeouts.default``."""
         for specs in (self.agent_types, self.subagents):
             self._apply_limits(specs)
+        return self
+
+    @model_validator(mode="after")
+    def _read_provider_keys(self) -> Settings:
+        names = {spec.api_key_env for spec in self._all_specs() if spec.api_key_env}
+        self._provider_keys = {name: os.environ[name] for name in names if os.environ.get(name)}
         return self
 
     def _apply_limits(self, specs: dict[str, AgentTypeSpec]) -> None:
@@ -262,6 +208,30 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"AGENTS_CONFIG_FILE: no such file: {config_file}")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    def provider_keys(self) -> Mapping[str, str]:
+        """The API keys of the providers, by the variable an ``api_key_env`` names (agent types and
+        subagents): read from the environment once, when the settings were built; unset or empty
+        variables are left out."""
+        return MappingProxyType(self._provider_keys)
+
+    def service_urls(self) -> tuple[str, str]:
+        """The database and Redis URLs; :class:`ServicesNotConfigured` names any not set."""
+        if self.database_url and self.redis_url:
+            return self.database_url, self.redis_url
+        servers = {
+            "DATABASE_URL": ("PostgreSQL", self.database_url),
+            "REDIS_URL": ("Redis", self.redis_url),
+        }
+        missing = {name: server for name, (server, url) in servers.items() if not url}
+        names, what = " and ".join(missing), " and ".join(missing.values())
+        if len(missing) == 1:
+            message = f"{names} is not set: set it to your {what} server"
+        else:
+            message = f"{names} are not set: set them to your {what} servers"
+        raise ServicesNotConfigured(
+            f"{message}, or run 'agents dev' for a local setup with embedded servers"
+        )
 
     def spec_for(self, agent_type: str) -> AgentTypeSpec | None:
         """The spec of an execution's type: an agent type, or ``subagent:NAME`` for a child."""

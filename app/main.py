@@ -21,18 +21,17 @@ from app.streams.router import router as streams_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app; its lifespan raises :class:`~app.config.ServicesNotConfigured` if the settings
+    (``Settings()`` when none are given) name no database or Redis."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resolved = settings or Settings()
-        if not (resolved.database_url and resolved.redis_url):
-            from app.embedded import with_services
-
-            resolved = with_services(resolved)
-        assert resolved.database_url
-        assert resolved.redis_url
-        db = create_engine(resolved.database_url, pool_size=resolved.db_pool_size)
-        redis = await arq_pool(resolved.redis_url)
-        hub = Hub(resolved.redis_url)
+        # Never embedded servers here: ``agents dev`` resolves them before it builds the app.
+        database_url, redis_url = resolved.service_urls()
+        db = create_engine(database_url, pool_size=resolved.db_pool_size)
+        redis = await arq_pool(redis_url)
+        hub = Hub(redis_url)
         await hub.start()
         app.state.hub = hub
         app.state.settings = resolved

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from app.agents.spec import AgentTypeSpec
 from app.config import Settings, describe_settings_error
 
 
@@ -51,6 +52,9 @@ base_url = "http://127.0.0.1:11434/v1"
 model = "llama3"
 api_key_env = ""
 queue = "agents-priority"
+
+[subagents.synthesis]
+max_steps = 3
 """
     )
     monkeypatch.setenv("AGENTS_CONFIG_FILE", str(config))
@@ -63,6 +67,10 @@ queue = "agents-priority"
     assert review.max_steps == 30
     assert settings.agent_types["local"].queue == "agents-priority"
     assert "demo" in settings.agent_types
+    synthesis = settings.subagents["synthesis"]
+    assert synthesis.max_steps == 3
+    assert synthesis.description == "Combines findings into one coherent answer."
+    assert set(settings.subagents) == {"deep-research", "quick-lookup", "synthesis"}
 
 
 def test_invalid_settings_name_the_key(tmp_path, monkeypatch):
@@ -106,3 +114,26 @@ def test_agent_types_without_a_timeout_follow_the_queue_timeouts(monkeypatch):
     assert settings.agent_types["research"].timeout == 3600
     assert settings.agent_types["code-review"].timeout == 300  # its own
     assert settings.job_timeout() == 3600 + 60
+
+
+def test_provider_keys_come_from_the_environment_and_never_print(monkeypatch):
+    monkeypatch.delenv("AGENTS_CONFIG_FILE", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-settings-secret")
+    monkeypatch.setenv("TEST_SUBAGENT_KEY", "sk-subagent-secret")
+    monkeypatch.setenv("UNRELATED_KEY", "not-a-provider-key")
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    settings = Settings(
+        subagents={"helper": AgentTypeSpec(api_key_env="TEST_SUBAGENT_KEY")},
+        agent_types={"claude": AgentTypeSpec(provider="anthropic")},
+    )
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-changed-later")  # read once, when built
+    keys = settings.provider_keys()
+    assert keys == {
+        "OPENAI_API_KEY": "sk-settings-secret",
+        "TEST_SUBAGENT_KEY": "sk-subagent-secret",
+    }
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "sk-settings-secret" not in shown
+        assert "sk-subagent-secret" not in shown
+    # Copies (the CLI fills in embedded servers with model_copy) keep them.
+    assert settings.model_copy(update={"redis_url": "redis://x"}).provider_keys() == keys

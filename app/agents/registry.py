@@ -1,4 +1,8 @@
-"""Builds a runnable :class:`Agent` from an agent type spec and the process environment."""
+"""Builds a runnable :class:`Agent` from an agent type spec and the provider API keys.
+
+``environ`` maps the variable an ``api_key_env`` names to its key: ``Settings.provider_keys()``
+in the service, a plain dict in tests. The agent runtime never reads ``os.environ`` for keys.
+"""
 
 from __future__ import annotations
 
