@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -90,3 +93,45 @@ async def transaction(
                 # The transaction is committed: what the callback does (enqueue, publish) is
                 # recovered by the sweep, so the caller still succeeded.
                 log.exception("after-commit callback %r failed", callback)
+
+
+_NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+@dataclass(frozen=True, slots=True)
+class RawStatement:
+    """SQL written with ``:name`` parameters, run straight on the asyncpg connection (``$n``).
+
+    For the worker's hot path: no Core compilation or result processing per call.
+    """
+
+    sql: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def compile(cls, sql: str) -> RawStatement:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"${names.index(match[1]) + 1}"
+
+        return cls(_NAMED.sub(number, sql), tuple(names))
+
+    async def fetchrow(self, conn: AsyncConnection, values: Mapping[str, Any]) -> Any:
+        """The first row (an asyncpg ``Record``) or None; jsonb comes back decoded."""
+        return await (await _driver(conn)).fetchrow(self.sql, *self._args(values))
+
+    async def execute(self, conn: AsyncConnection, values: Mapping[str, Any]) -> str:
+        """Run it; returns the command tag (``UPDATE 1``)."""
+        tag: str = await (await _driver(conn)).execute(self.sql, *self._args(values))
+        return tag
+
+    def _args(self, values: Mapping[str, Any]) -> list[Any]:
+        return [values[name] for name in self.names]
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection

@@ -1,4 +1,5 @@
-"""Request dependencies as ``Annotated`` aliases; resources live on ``app.state`` (see main.py)."""
+"""Request dependencies as ``Annotated`` aliases; resources live on ``app.state`` (see main.py).
+Who is calling (``CurrentUser``, ``AdminUser``) is in ``app.auth.dependencies``."""
 
 from __future__ import annotations
 
@@ -9,11 +10,8 @@ from arq.connections import ArqRedis
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.models import User
-from app.auth.service import authenticate
 from app.config import Settings
 from app.db import transaction
-from app.errors import Forbidden, Unauthorized
 
 
 # Dependencies are ``async def`` even when they do not await: FastAPI runs plain ``def``
@@ -38,25 +36,3 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RedisDep = Annotated[ArqRedis, Depends(get_redis)]
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
-
-
-async def get_current_user(request: Request, session: SessionDep) -> User:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("Send an API token as 'Authorization: Bearer <token>'.")
-    user = await authenticate(session, token.strip())
-    if user is None:
-        raise Unauthorized("The API token is unknown or revoked.")
-    return user
-
-
-CurrentUser = Annotated[User, Depends(get_current_user, scope="function")]
-
-
-async def get_admin_user(user: CurrentUser) -> User:
-    if not user.is_admin:
-        raise Forbidden("This route needs an admin token.")
-    return user
-
-
-AdminUser = Annotated[User, Depends(get_admin_user, scope="function")]

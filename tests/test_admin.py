@@ -8,8 +8,8 @@ from sqlalchemy import event, text
 
 from app.db import transaction
 from app.executions.models import Execution
+from tests.fixtures.executions import start
 from tests.fixtures.users import make_account
-from tests.test_engine import start
 
 
 @pytest.fixture

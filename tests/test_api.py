@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from tests.test_engine import start
+from tests.fixtures.executions import start
 
 
 async def test_requests_without_a_valid_token_get_401_problem(client, alice):

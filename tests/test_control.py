@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from app.executions.models import ExecutionLog, ExecutionSignal
 from tests.conftest import scripted_type
 from tests.fixtures.api import api_client
-from tests.test_engine import load, start, step_numbers
+from tests.fixtures.executions import load, start, step_numbers
 
 STATUSES = [
     "pending", "scheduled", "running", "paused", "awaiting_input", "awaiting_event",
@@ -88,8 +88,10 @@ async def test_transition_table(client, alice, db, sessions, redis, status, sign
             )
         )
     if changed:
+        # An answer is a delivery: it stays unprocessed until the worker hands it to the agent.
+        delivered_later = signal == "input"
         assert [(s.signal_type, s.processed, s.created_by) for s in signals] == [
-            (signal, True, alice.user.id)
+            (signal, not delivered_later, alice.user.id)
         ]
         name = {"pause": "paused", "resume": "resumed", "cancel": "cancelled",
                 "kill": "force_killed", "input": "input_received"}[signal]  # fmt: skip
@@ -355,6 +357,16 @@ async def test_input_round_trip_with_an_agent_that_asks(alice, sessions, make_se
         "assistant",
     ]
     assert messages[4]["content"] == "green"
+    async with sessions() as session:
+        answers = list(
+            await session.scalars(
+                select(ExecutionSignal).where(
+                    ExecutionSignal.execution_id == uuid.UUID(created["id"]),
+                    ExecutionSignal.signal_type == "input",
+                )
+            )
+        )
+    assert [(s.payload, s.processed) for s in answers] == [({"answer": "green"}, True)]
 
 
 async def test_cancel_kills_the_bash_command_in_flight(

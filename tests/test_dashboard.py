@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT, scripted_type
 from tests.fixtures.api import live_api
-from tests.test_engine import start
+from tests.fixtures.executions import start
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The README's screenshot is refreshed only on request, so a test run leaves the tree clean:

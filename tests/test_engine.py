@@ -2,14 +2,18 @@ from __future__ import annotations
 
 import uuid
 
+from arq.constants import job_key_prefix
 from sqlalchemy import select, text
 
-from app.executions.models import Execution, ExecutionLog, ExecutionMessage
-from tests.fixtures.api import run_to_end, start_execution
-
-
-async def start(client, account, agent_type: str = "demo", prompt: str = "hello world") -> dict:
-    return await start_execution(client, account.headers, agent_type, prompt)
+from app.config import Limits
+from app.executions.engine import run_execution
+from app.executions.jobs import job_id
+from app.executions.models import ExecutionLog, ExecutionMessage, ExecutionSignal
+from app.executions.transitions import Status
+from tests.conftest import scripted_type
+from tests.fixtures.api import api_client, run_to_end
+from tests.fixtures.executions import load, start, step_numbers
+from workers.context import close_context, open_context
 
 
 async def test_demo_agent_completes_with_what_it_read(
@@ -42,26 +46,6 @@ async def test_demo_agent_completes_with_what_it_read(
     roles = [m.message["role"] for m in messages]
     assert roles == ["system", "user", "assistant", "tool", "assistant", "tool", "assistant"]
     assert messages[-1].message["content"].endswith("hello world")
-
-
-async def step_numbers(sessions, execution_id: str) -> list[int]:
-    async with sessions() as session:
-        logs = await session.scalars(
-            select(ExecutionLog)
-            .where(
-                ExecutionLog.execution_id == uuid.UUID(execution_id),
-                ExecutionLog.event_type == "step_completed",
-            )
-            .order_by(ExecutionLog.id)
-        )
-        return [int(entry.message.split()[1]) for entry in logs]
-
-
-async def load(sessions, execution_id: str) -> Execution:
-    async with sessions() as session:
-        execution = await session.get(Execution, uuid.UUID(execution_id))
-        assert execution is not None
-        return execution
 
 
 async def test_multi_chunk_execution_completes_without_losing_or_repeating_steps(
@@ -126,17 +110,18 @@ async def test_stale_lease_write_is_rejected(db, alice, sessions, client):
         assert second.lease == 2
         written = await worker_repository.commit_step(
             conn,
-            execution_id=execution_id,
-            lease=first.lease,
-            step_count=1,
-            usage={"input_tokens": 1, "output_tokens": 1},
-            snapshot={},
-            first_seq=0,
-            messages=[{"role": "system", "content": "x"}],
-            log_message="Step 1 completed",
-            log_context={},
-            finish_status="completed",
-            output={"response": "stale"},
+            worker_repository.StepCommit(
+                execution_id=execution_id,
+                lease=first.lease,
+                step_count=1,
+                usage={"input_tokens": 1, "output_tokens": 1},
+                snapshot={},
+                first_seq=0,
+                messages=[{"role": "system", "content": "x"}],
+                log_context={"step_number": 1},
+                finish_status=Status.COMPLETED,
+                output={"response": "stale"},
+            ),
         )
         assert written is None
         assert not await worker_repository.record_heartbeat(conn, execution_id, first.lease)
@@ -310,3 +295,111 @@ async def test_start_enqueues_a_job_arq_recognises(client, alice, redis):
     assert info is not None
     assert info.function == RUN_EXECUTION
     assert info.args == (created["id"], 0)
+
+
+async def test_pause_between_chunks_parks_at_the_next_claim_without_running_a_step(
+    client, alice, run_worker, sessions, redis, settings
+):
+    created = await start(client, alice, "steps-25")
+    execution_id = created["id"]
+    chunk = settings.limits.chunk_size
+    # A worker runs the first chunk by hand: it commits `chunk` steps, enqueues the next chunk
+    # under its lease and returns, leaving the execution running with no step in flight.
+    await redis.delete(job_key_prefix + job_id(execution_id, 0), "agents-default")
+    ctx = await open_context(settings, concurrency=1)
+    ctx["redis"] = redis
+    try:
+        assert await run_execution(ctx, execution_id, 0) == "ok"  # type: ignore[arg-type]
+    finally:
+        await close_context(ctx)
+    between = await load(sessions, execution_id)
+    assert (between.status, between.lease, between.step_count) == ("running", 1, chunk)
+    assert await redis.exists(job_key_prefix + job_id(execution_id, 1))
+
+    paused = await client.post(f"/api/agents/{execution_id}/pause", headers=alice.headers)
+    assert paused.status_code == 202, paused.text
+    assert paused.json() == {"status": "running", "signal": "pause", "accepted": True}
+    await run_worker()  # claims the queued chunk
+
+    body = (await client.get(f"/api/agents/{execution_id}", headers=alice.headers)).json()
+    assert body["status"] == "paused"
+    assert body["paused_at"] is not None
+    # Parked by the claim itself: a step run first would have parked it one step later.
+    assert body["step_count"] == chunk
+    assert await step_numbers(sessions, execution_id) == list(range(1, chunk + 1))
+    async with sessions() as session:
+        signals = list(
+            await session.scalars(
+                select(ExecutionSignal).where(ExecutionSignal.execution_id == between.id)
+            )
+        )
+        parked = list(
+            await session.scalars(
+                select(ExecutionLog).where(
+                    ExecutionLog.execution_id == between.id, ExecutionLog.event_type == "paused"
+                )
+            )
+        )
+    assert [(s.signal_type, s.processed) for s in signals] == [("pause", True)]
+    assert signals[0].processed_at is not None
+    assert [(e.context["from"], e.context["to"], e.context["step_count"]) for e in parked] == [
+        ("running", "paused", chunk)
+    ]
+
+    resumed = await client.post(f"/api/agents/{execution_id}/resume", headers=alice.headers)
+    assert resumed.status_code == 202, resumed.text
+    assert resumed.json()["status"] == "pending"
+    await run_worker()
+    assert (await load(sessions, execution_id)).status == "completed"
+    assert await step_numbers(sessions, execution_id) == list(range(1, 26))
+
+
+async def test_execution_needing_more_chunks_than_max_chunks_fails_after_the_last_allowed_one(
+    alice, run_worker, sessions, make_settings
+):
+    limits = Limits(chunk_size=2, max_chunks=2)
+    allowed = limits.chunk_size * limits.max_chunks
+    settings = make_settings(limits=limits, agent_types={"long": scripted_type(allowed + 3)})
+    body = await run_to_end(settings, alice.headers, "long", run_worker)
+    assert body["status"] == "failed"
+    assert body["error"] == {
+        "type": "max_chunks_exceeded",
+        "message": f"stopped after {limits.max_chunks} chunks",
+    }
+    assert body["completed_at"] is not None
+    assert body["step_count"] == allowed
+    assert await step_numbers(sessions, body["id"]) == list(range(1, allowed + 1))
+    async with sessions() as session:
+        seqs = list(
+            await session.scalars(
+                select(ExecutionMessage.seq)
+                .where(ExecutionMessage.execution_id == uuid.UUID(body["id"]))
+                .order_by(ExecutionMessage.seq)
+            )
+        )
+    # system + user + one assistant + tool pair per committed step, none twice
+    assert seqs == list(range(2 + allowed * 2))
+
+
+async def test_execution_of_an_agent_type_removed_from_configuration_fails_and_others_run(
+    alice, run_worker, sessions, make_settings
+):
+    before = make_settings(agent_types={"retired": scripted_type(3)})
+    after = make_settings()
+    assert "retired" not in after.agent_types
+    async with api_client(before) as http:
+        orphan = await start(http, alice, "retired")
+        other = await start(http, alice, "steps-3")
+    await run_worker(after)  # workers restarted with the type gone from their configuration
+    async with api_client(after) as http:
+        orphan_body = (await http.get(f"/api/agents/{orphan['id']}", headers=alice.headers)).json()
+        other_body = (await http.get(f"/api/agents/{other['id']}", headers=alice.headers)).json()
+    assert orphan_body["status"] == "failed"
+    assert orphan_body["error"]["type"] == "unknown_agent_type"
+    assert "'retired'" in orphan_body["error"]["message"]
+    assert "Traceback" not in orphan_body["error"]["message"]
+    assert orphan_body["completed_at"] is not None
+    assert orphan_body["step_count"] == 0
+    assert await step_numbers(sessions, orphan["id"]) == []
+    assert other_body["status"] == "completed"
+    assert await step_numbers(sessions, other["id"]) == [1, 2, 3]

@@ -19,7 +19,8 @@ from app.executions.models import Execution
 from app.executions.recovery import sweep
 from tests.conftest import scripted_type
 from tests.fixtures.api import api_client
-from tests.test_engine import start, step_numbers
+from tests.fixtures.executions import start, step_numbers
+from tests.fixtures.processes import service_env
 
 
 def slow_type_config(tmp_path: Path, *, steps: int, delay: float) -> Path:
@@ -48,18 +49,6 @@ def agents(
         timeout=timeout,
         check=False,
     )
-
-
-def service_env(settings, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTS_")}
-    env.update(
-        DATABASE_URL=settings.database_url,
-        REDIS_URL=settings.redis_url,
-        AGENTS_DATA_DIR=str(tmp_path / "data"),
-        AGENTS_WORKSPACE_BASE=str(settings.workspace_base),
-        **extra,
-    )
-    return env
 
 
 async def test_create_user_and_token_commands(settings, tmp_path, client, clean_state):

@@ -16,7 +16,7 @@ from app.executions import worker_repository
 from app.executions.engine import run_execution
 from app.executions.jobs import job_id
 from app.executions.recovery import sweep
-from tests.test_engine import load, start, step_numbers
+from tests.fixtures.executions import load, start, step_numbers
 from workers.context import close_context, open_context
 
 STALE = text("UPDATE agent_executions SET heartbeat_at = now() - interval '1 hour' WHERE id = :id")

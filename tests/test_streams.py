@@ -16,9 +16,9 @@ from app.executions.events import execution_channel
 from app.streams.hub import Hub
 from tests.conftest import scripted_type
 from tests.fixtures.api import api_client, live_api
+from tests.fixtures.executions import start
+from tests.fixtures.processes import service_env
 from tests.fixtures.users import make_account
-from tests.test_engine import start
-from tests.test_processes import service_env
 
 
 async def read_events(

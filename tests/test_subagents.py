@@ -12,8 +12,8 @@ from sqlalchemy import select
 from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
 from app.executions.models import Execution, ExecutionLog
 from tests.fixtures.api import api_client, run_to_end
-from tests.test_engine import load, start
-from tests.test_processes import service_env
+from tests.fixtures.executions import load, start
+from tests.fixtures.processes import service_env
 
 PARENT_TOML = """
 [agent_types.lead]

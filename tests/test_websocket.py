@@ -12,8 +12,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.fixtures.api import live_api
+from tests.fixtures.executions import start
 from tests.fixtures.users import make_account
-from tests.test_engine import start
 
 
 def ws_url(base: str, token: str | None = None) -> str:

@@ -16,11 +16,12 @@ from app.admin.schemas import (
     AdminLogPage,
     ExecutionOwner,
 )
-from app.deps import AdminUser, SessionDep
+from app.auth.dependencies import AdminUser
+from app.deps import SessionDep
 from app.errors import ExecutionNotFound, Forbidden, Unauthorized
 from app.executions import repository as executions_repository
 from app.executions.schemas import ChildSummary, ExecutionOut, LogEntry
-from app.executions.status import Status
+from app.executions.transitions import Status
 
 router = APIRouter(prefix="/api/admin", tags=["admin"])
 

@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from app.agents.drivers.base import Driver, ModelResponse
 from app.agents.spec import AgentTypeSpec
-from app.agents.state import AgentState, Message, StopReason, ToolCall
+from app.agents.state import AgentState, Message, StopReason, SubagentResult, ToolCall
+from app.agents.subagents import results_message
 from app.agents.task_tools import render_plan
 from app.agents.tools import Tool, ToolContext
 
@@ -91,6 +92,21 @@ class Agent:
         message = Message(role="user", content=answer)
         state.messages.append(message)
         state.pending_question = None
+        state.stop_reason = None
+        return message
+
+    def receive_subagent_results(self, state: AgentState, results: list[SubagentResult]) -> Message:
+        """Hand the results of the subagents the agent waits for to it, as a user message (each
+        cut to the type's ``summary_max_chars``); returns the message, for the caller to persist.
+
+        Clears ``pending_subagents`` and ``stop_reason`` so that ``iterate`` continues the run.
+        Raises ValueError when ``state`` is not waiting for subagents.
+        """
+        if state.stop_reason != "awaiting_subagents":
+            raise ValueError(f"the agent is not waiting for subagents ({state.stop_reason})")
+        message = results_message(results, self.spec.summary_max_chars)
+        state.messages.append(message)
+        state.pending_subagents = []
         state.stop_reason = None
         return message
 

@@ -76,6 +76,16 @@ class SubagentTask(BaseModel):
     prompt: str
 
 
+class SubagentResult(BaseModel):
+    """How one subagent's work ended: its answer, or why there is none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subagent: str
+    status: str
+    text: str
+
+
 class AgentState(BaseModel):
     """Everything an agent needs to continue from where it stopped.
 

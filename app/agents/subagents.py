@@ -13,11 +13,12 @@ from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.agents.state import SubagentTask
+from app.agents.state import Message, SubagentResult, SubagentTask
 from app.agents.tools import Tool, ToolContext, ToolError, ToolSpec
 
 MAX_TASKS = 10
 STARTED = "Started {count} subagent(s); their results follow as a user message when all finish."
+_TRUNCATED = "\n[... truncated ...]"
 
 
 class SubagentTaskArgs(BaseModel):
@@ -71,3 +72,15 @@ class SpawnSubagents(Tool):
             SubagentTask(subagent=t.subagent, prompt=t.prompt) for t in args.tasks
         )
         return STARTED.format(count=len(args.tasks))
+
+
+def results_message(results: list[SubagentResult], max_chars: int) -> Message:
+    """The user message that hands subagents' results to their parent, each cut to
+    ``max_chars``."""
+    parts = [f"Results of the {len(results)} subagent(s):"]
+    for number, result in enumerate(results, start=1):
+        body = result.text
+        if len(body) > max_chars:
+            body = body[:max_chars] + _TRUNCATED
+        parts.append(f"## {number}. {result.subagent} ({result.status})\n{body}")
+    return Message(role="user", content="\n\n".join(parts))

@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from app.deps import CurrentUser
+from app.auth.dependencies import CurrentUser
 from app.errors import Unauthorized
 
 router = APIRouter(tags=["users"])

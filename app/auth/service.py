@@ -6,9 +6,9 @@ import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth import repository
 from app.auth.models import ApiToken, User
 
 TOKEN_PREFIX = "agt_"
@@ -24,8 +24,7 @@ def new_token() -> str:
 
 
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
-    user: User | None = await session.scalar(select(User).where(User.email == email.lower()))
-    return user
+    return await repository.find_user_by_email(session, email.lower())
 
 
 async def create_user(
@@ -37,43 +36,28 @@ async def create_user(
     is_admin: bool = False,
 ) -> User:
     user = User(email=email.lower(), name=name or email.split("@")[0], tier=tier, is_admin=is_admin)
-    session.add(user)
-    await session.flush()
-    return user
+    return await repository.add_user(session, user)
 
 
 async def create_token(session: AsyncSession, user: User, name: str = "default") -> str:
     """Store a new token for ``user`` and return it; it cannot be recovered later."""
     token = new_token()
-    session.add(ApiToken(user_id=user.id, name=name, token_hash=hash_token(token)))
-    await session.flush()
+    await repository.add_token(
+        session, ApiToken(user_id=user.id, name=name, token_hash=hash_token(token))
+    )
     return token
 
 
 async def is_token_valid(session: AsyncSession, token: str) -> bool:
-    found = await session.scalar(
-        select(ApiToken.id).where(
-            ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)
-        )
-    )
-    return found is not None
+    return await repository.find_token_owner(session, hash_token(token)) is not None
 
 
 async def authenticate(session: AsyncSession, token: str) -> User | None:
     """The user owning an unrevoked ``token``; records its use at most once a minute."""
-    row = (
-        await session.execute(
-            select(User, ApiToken.id, ApiToken.last_used_at)
-            .join(ApiToken, ApiToken.user_id == User.id)
-            .where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
-        )
-    ).first()
-    if row is None:
+    owner = await repository.find_token_owner(session, hash_token(token))
+    if owner is None:
         return None
-    user, token_id, last_used_at = row
     now = datetime.now(UTC)
-    if last_used_at is None or now - last_used_at > _LAST_USED_RESOLUTION:
-        await session.execute(
-            update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now)
-        )
-    return user
+    if owner.last_used_at is None or now - owner.last_used_at > _LAST_USED_RESOLUTION:
+        await repository.record_token_use(session, owner.token_id, now)
+    return owner.user

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from typing import Any, TypedDict
@@ -23,20 +22,14 @@ from app.agents.agent import Agent, StepRecord
 from app.agents.bash_tool import kill_workspace_processes
 from app.agents.errors import AgentError
 from app.agents.registry import build_agent
-from app.agents.state import AgentState
+from app.agents.state import AgentState, SubagentResult
 from app.config import Settings
-from app.executions import events, worker_repository
-from app.executions.children import (
-    announce_cancelled,
-    cancel_descendants,
-    child_rows,
-    start_children,
-    wake_parent,
-)
+from app.executions import events, subagent_repository, worker_repository
+from app.executions.children import new_children
+from app.executions.effects import Effects
 from app.executions.interrupts import RunningChunks
-from app.executions.jobs import enqueue_chunk
-from app.executions.status import TERMINAL, Status
-from app.executions.worker_repository import Claim
+from app.executions.transitions import Signal, Status
+from app.executions.worker_repository import Claim, StepCommit
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +37,12 @@ _LIMIT_ERRORS = {
     "max_steps": "max_steps_exceeded",
     "max_tokens": "max_tokens_exceeded",
     "timeout": "timeout_exceeded",
+}
+# What a step that stops iteration leaves the execution as (other stops are failures).
+_PARKED_OR_DONE = {
+    "final_answer": Status.COMPLETED,
+    "awaiting_input": Status.AWAITING_INPUT,
+    "awaiting_subagents": Status.AWAITING_EVENT,
 }
 
 
@@ -76,18 +75,11 @@ class ChunkRunner:
         self.workspace = self.settings.workspace_base / str(claim.id)
 
     async def run(self) -> None:
-        if self.claim.status_log_id is not None:
-            await self._publish(
-                events.status_changed(
-                    self.id,
-                    self.claim.status_log_id,
-                    Status(self.claim.status),
-                    step_count=self.claim.step_count,
-                    token_usage=self.claim.token_usage,
-                    completed_at=None,
-                )
-            )
-        if self.claim.status != Status.RUNNING:
+        if self.claim.change is not None:
+            effects = self._effects()
+            effects.announce(self.claim.change)
+            await effects.run()
+        if self.claim.status is not Status.RUNNING:
             return  # paused at the claim: a pause was requested while it waited for a worker
         spec = self.settings.spec_for(self.claim.agent_type)
         if spec is None:
@@ -101,7 +93,7 @@ class ChunkRunner:
             spec,
             workspace=self.workspace,
             http=self.ctx["http"],
-            environ=os.environ,
+            environ=self.settings.provider_keys(),
             depth=self.claim.depth,
             subagents=self.settings.subagents,
         )
@@ -111,19 +103,44 @@ class ChunkRunner:
         else:
             state = AgentState.restore(self.claim.state_snapshot, self.claim.messages)
             persisted = len(self.claim.messages)
-        await self._drive(agent, state, persisted)
+        delivered = self._deliver(agent, state)
+        await self._drive(agent, state, persisted, delivered)
 
-    async def _drive(self, agent: Agent, state: AgentState, persisted: int) -> None:
+    def _deliver(self, agent: Agent, state: AgentState) -> list[int]:
+        """Hand the agent what woke it (an answer, its subagents' results); the first step
+        that commits marks these deliveries done."""
+        for delivery in self.claim.deliveries:
+            try:
+                if delivery.signal is Signal.INPUT:
+                    agent.answer(state, str(delivery.payload.get("answer", "")))
+                elif delivery.signal is Signal.SUBAGENT_RESULTS:
+                    results = [
+                        SubagentResult.model_validate(r) for r in delivery.payload["results"]
+                    ]
+                    agent.receive_subagent_results(state, results)
+            except ValueError:
+                log.warning(
+                    "execution %s: dropped a %s delivery its agent was not waiting for",
+                    self.id, delivery.signal, exc_info=True,
+                )  # fmt: skip
+        return [delivery.id for delivery in self.claim.deliveries]
+
+    async def _drive(
+        self, agent: Agent, state: AgentState, persisted: int, delivered: list[int]
+    ) -> None:
         steps = 0
         iterator = agent.iterate(state)
         try:
             async for record in iterator:
                 steps += 1
-                persisted, status = await self._commit(record, persisted)
-                if status != Status.RUNNING:
-                    return  # completed, or parked (paused, awaiting input)
+                persisted, status = await self._commit(record, persisted, delivered)
+                delivered = []
+                if status is not Status.RUNNING:
+                    return  # completed, or parked (paused, awaiting input or subagents)
                 if steps >= self.settings.limits.chunk_size:
-                    await self._enqueue_next_chunk()
+                    effects = self._effects()
+                    effects.enqueue(self.id, self.lease, self.claim.queue)
+                    await effects.run()
                     return
         finally:
             await iterator.aclose()
@@ -133,124 +150,69 @@ class ChunkRunner:
             error_type, f"stopped by the {reason} limit after {state.step_count} steps"
         )
 
-    async def _enqueue_next_chunk(self) -> None:
-        try:
-            await enqueue_chunk(self.redis, self.id, self.lease, self.claim.queue)
-        except Exception:
-            # The checkpoint is committed; the sweep re-enqueues a running execution whose next
-            # job is missing once its heartbeat is stale. Redis trouble delays, never fails it.
-            log.warning("could not enqueue the next chunk of %s", self.id, exc_info=True)
-
-    async def _commit(self, record: StepRecord, persisted: int) -> tuple[int, Status]:
+    async def _commit(
+        self, record: StepRecord, persisted: int, delivered: list[int]
+    ) -> tuple[int, Status]:
         """Commit the step; returns how many messages are now stored and the new status."""
         state = record.state
-        is_final = state.stop_reason == "final_answer"
-        asks = state.stop_reason == "awaiting_input"
-        delegates = state.stop_reason == "awaiting_subagents"
-        finish_status = (
-            Status.COMPLETED if is_final
-            else Status.AWAITING_INPUT if asks
-            else Status.AWAITING_EVENT if delegates
-            else None
-        )  # fmt: skip
-        children = (
-            child_rows(self.settings, [t.model_dump() for t in state.pending_subagents])
-            if delegates
-            else None
+        finish_status = _PARKED_OR_DONE.get(state.stop_reason or "")
+        children = None
+        if state.stop_reason == "awaiting_subagents":
+            children = new_children(self.settings, state.pending_subagents)
+        step = StepCommit(
+            execution_id=self.id,
+            lease=self.lease,
+            step_count=state.step_count,
+            usage=state.usage.model_dump(),
+            snapshot=state.snapshot(),
+            first_seq=persisted,
+            messages=[
+                m.model_dump(mode="json", exclude_defaults=True) for m in state.messages[persisted:]
+            ],
+            log_context={
+                "step_number": record.number,
+                "step_type": record.kind,
+                "has_tool_calls": bool(record.tool_names),
+                "tool_names": record.tool_names,
+                "tokens_used": record.tokens_used,
+            },
+            finish_status=finish_status,
+            output={"response": state.final_answer} if finish_status is Status.COMPLETED else None,
+            metadata={"question": state.pending_question}
+            if finish_status is Status.AWAITING_INPUT
+            else None,
+            children=children,
+            delivered=delivered or None,
         )
-        context = {
-            "step_number": record.number,
-            "step_type": record.kind,
-            "has_tool_calls": bool(record.tool_names),
-            "tool_names": record.tool_names,
-            "tokens_used": record.tokens_used,
-        }
         async with self.db.connect() as conn:
-            written = await worker_repository.commit_step(
-                conn,
-                execution_id=self.id,
-                lease=self.lease,
-                step_count=state.step_count,
-                usage=state.usage.model_dump(),
-                snapshot=state.snapshot(),
-                first_seq=persisted,
-                messages=[
-                    m.model_dump(mode="json", exclude_defaults=True)
-                    for m in state.messages[persisted:]
-                ],
-                log_message=f"Step {record.number} completed",
-                log_context=context,
-                finish_status=finish_status,
-                output={"response": state.final_answer} if is_final else None,
-                metadata={"question": state.pending_question} if asks else None,
-                children=children,
-            )
+            written = await worker_repository.commit_step(conn, step)
         if written is None:
             raise LeaseLost
-        published = [
-            events.step_completed(
-                self.id,
-                written.log_id,
-                written.created_at,
-                {k: v for k, v in context.items() if k != "step_number"},
-                record.number,
-            )
-        ]
-        status = Status(written.status)
-        if written.status_log_id is not None:
-            published.append(
-                events.status_changed(
-                    self.id,
-                    written.status_log_id,
-                    status,
-                    step_count=state.step_count,
-                    token_usage=state.usage.total_tokens,
-                    completed_at=written.completed_at,
-                )
-            )
-        await self._publish(*published)
-        if children:
-            await start_children(self.redis, children)
-        if status in TERMINAL:
-            await self._wake_parent()
-        return len(state.messages), status
+        effects = self._effects()
+        step_event = events.step_completed(
+            self.id, written.log_id, written.created_at, step.log_context
+        )
+        if written.change is None:
+            effects.publish(self.id, self.claim.user_id, step_event)
+        else:
+            effects.announce(written.change, before=[step_event])
+        for child in children or []:
+            effects.enqueue(child.id, 0, child.queue)
+        await effects.run()
+        return len(state.messages), written.status
 
     async def _fail(self, error_type: str, message: str) -> None:
+        error = {"type": error_type, "message": message}
         async with self.db.connect() as conn:
-            finished = await worker_repository.finish_execution(
-                conn,
-                execution_id=self.id,
-                lease=self.lease,
-                status=Status.FAILED,
-                message=f"Failed: {message}",
-                error={"type": error_type, "message": message},
-            )
-        if finished is None:
-            raise LeaseLost
-        async with self.db.connect() as conn:
-            orphans = await cancel_descendants(conn, self.id)
-        await announce_cancelled(self.redis, orphans)
-        await self._wake_parent()
-        await self._publish(
-            events.status_changed(
-                self.id,
-                finished.log_id,
-                Status.FAILED,
-                step_count=finished.step_count,
-                token_usage=finished.token_usage,
-                completed_at=finished.completed_at,
-            )
-        )
-
-    async def _wake_parent(self) -> None:
-        """A child that finished may be the last its parent waits for."""
-        if self.claim.parent_id is None:
-            return
-        try:
-            await wake_parent(self.db, self.redis, self.settings, self.claim.parent_id)
-        except Exception:
-            # The sweep wakes parents whose children have all finished.
-            log.warning("could not wake the parent of %s", self.id, exc_info=True)
+            failed = await worker_repository.fail_execution(conn, self.id, self.lease, error)
+            if failed is None:
+                raise LeaseLost
+            orphans = await subagent_repository.cancel_descendants(conn, self.id)
+        effects = self._effects()
+        for orphan in orphans:
+            effects.announce(orphan, stop=Signal.CANCEL)
+        effects.announce(failed)
+        await effects.run()
 
     async def fail_from(self, exc: BaseException) -> None:
         if isinstance(exc, AgentError):
@@ -262,12 +224,8 @@ class ChunkRunner:
                 f"the worker hit an unexpected {type(exc).__name__}; see the worker log",
             )
 
-    async def _publish(self, *published: events.Event) -> None:
-        """Tell subscribers; the database already has it, so a Redis hiccup only delays them."""
-        try:
-            await events.publish(self.redis, self.id, self.claim.user_id, list(published))
-        except Exception:
-            log.warning("could not publish events for %s", self.id, exc_info=True)
+    def _effects(self) -> Effects:
+        return Effects(self.redis, self.db)
 
 
 async def _keep_alive(
@@ -324,8 +282,9 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> st
             return "lease lost"
         # The worker is shutting down: hand the execution over from its last committed step
         # now, rather than after its heartbeat goes stale.
-        with contextlib.suppress(Exception):
-            await asyncio.shield(enqueue_chunk(ctx["redis"], claim.id, claim.lease, claim.queue))
+        handover = Effects(ctx["redis"], ctx["db"])
+        handover.enqueue(claim.id, claim.lease, claim.queue)
+        await asyncio.shield(handover.run())
         raise
     except Exception as exc:
         log.exception("execution %s failed", execution_id)

@@ -1,18 +1,32 @@
-"""Live events: what a committed step or status change tells subscribers, and where."""
+"""Live events: what a committed step or status change tells subscribers, and where.
+
+Every event is built from its ``agent_logs`` row (id, event type, context, time) by the
+functions below, both when it is published live and when a stream replays it, so the two
+cannot differ.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-STEP_COMPLETED = "step.completed"
-STATUS_CHANGED = "status.changed"
+from app.executions.transitions import STATUS_EVENT_TYPES, TERMINAL, EventType, StatusChange
+
 ADMIN_CHANNEL = "admin.agents"
-LOG = "log"
+
+
+class EventName(StrEnum):
+    """The ``event`` of a published message (and of an SSE frame)."""
+
+    STEP_COMPLETED = "step.completed"
+    STATUS_CHANGED = "status.changed"
+    LOG = "log"
 
 
 def execution_channel(execution_id: uuid.UUID | str) -> str:
@@ -28,31 +42,46 @@ class Event:
 
     __slots__ = ("data", "id", "name")
 
-    def __init__(self, name: str, log_id: int, data: dict[str, Any]) -> None:
+    def __init__(self, name: EventName, log_id: int, data: dict[str, Any]) -> None:
         self.name = name
         self.id = log_id
         self.data = data
 
     def encode(self) -> bytes:
         return json.dumps(
-            {"event": self.name, "id": self.id, "data": self.data}, default=str
+            {"event": self.name.value, "id": self.id, "data": self.data}, default=str
         ).encode()
 
 
+class LogRow(Protocol):
+    """What an event is built from: a stored ``agent_logs`` row."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def level(self) -> str: ...
+    @property
+    def event_type(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def context(self) -> dict[str, Any]: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
 def step_completed(
-    execution_id: uuid.UUID,
-    log_id: int,
-    created_at: datetime,
-    context: dict[str, Any],
-    step_number: int,
+    execution_id: uuid.UUID, log_id: int, created_at: datetime, context: Mapping[str, Any]
 ) -> Event:
+    """From a ``step_completed`` row; its context holds ``step_number`` and the step's facts."""
+    facts = {key: value for key, value in context.items() if key != "step_number"}
     return Event(
-        STEP_COMPLETED,
+        EventName.STEP_COMPLETED,
         log_id,
         {
             "execution_id": str(execution_id),
-            "step_number": step_number,
-            **context,
+            "step_number": int(context["step_number"]),
+            **facts,
             "timestamp": created_at.isoformat(),
         },
     )
@@ -61,21 +90,54 @@ def step_completed(
 def status_changed(
     execution_id: uuid.UUID,
     log_id: int,
-    status: str,
-    *,
-    step_count: int,
-    token_usage: int,
+    context: Mapping[str, Any],
     completed_at: datetime | None,
 ) -> Event:
+    """From a status log row (context ``to``, ``step_count``, ``token_usage`` as of the change);
+    ``completed_at`` is the execution's, shown once it is terminal."""
+    status = str(context["to"])
     return Event(
-        STATUS_CHANGED,
+        EventName.STATUS_CHANGED,
         log_id,
         {
             "execution_id": str(execution_id),
             "status": status,
-            "step_count": step_count,
-            "token_usage": token_usage,
-            "completed_at": completed_at.isoformat() if completed_at else None,
+            "step_count": int(context["step_count"]),
+            "token_usage": int(context["token_usage"]),
+            "completed_at": completed_at.isoformat()
+            if completed_at and status in TERMINAL
+            else None,
+        },
+    )
+
+
+def of_change(change: StatusChange) -> Event:
+    """The event of a status change a statement just made (and logged)."""
+    return status_changed(
+        change.execution_id, change.log_id, change.log_context, change.completed_at
+    )
+
+
+def is_status_change(event_type: str, context: Mapping[str, Any]) -> bool:
+    return event_type in STATUS_EVENT_TYPES and "to" in context
+
+
+def from_log(execution_id: uuid.UUID, row: LogRow, completed_at: datetime | None) -> Event:
+    """The event a stored log row stands for, exactly as it was published live."""
+    if row.event_type == EventType.STEP_COMPLETED:
+        return step_completed(execution_id, row.id, row.created_at, row.context)
+    if is_status_change(row.event_type, row.context):
+        return status_changed(execution_id, row.id, row.context, completed_at)
+    return Event(
+        EventName.LOG,
+        row.id,
+        {
+            "execution_id": str(execution_id),
+            "level": row.level,
+            "event_type": row.event_type,
+            "message": row.message,
+            "context": row.context,
+            "timestamp": row.created_at.isoformat(),
         },
     )
 

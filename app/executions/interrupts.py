@@ -52,7 +52,7 @@ async def listen_for_stops(redis_url: str, running: RunningChunks) -> None:
                 delay = 0.1
                 async for message in pubsub.listen():
                     if message["type"] == "pmessage":
-                        _dispatch(message["channel"], running)
+                        _dispatch(message["channel"], message["data"], running)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -63,11 +63,13 @@ async def listen_for_stops(redis_url: str, running: RunningChunks) -> None:
             await client.aclose()
 
 
-def _dispatch(channel: bytes | str, running: RunningChunks) -> None:
+def _dispatch(channel: bytes | str, data: bytes | str, running: RunningChunks) -> None:
+    """Stop the execution named by ``channel``; ``data`` is the request (``cancel``, ``kill``)."""
     name = channel.decode() if isinstance(channel, bytes) else channel
+    request = data.decode(errors="replace") if isinstance(data, bytes) else data
     try:
         execution_id = uuid.UUID(name.split(".")[1])
     except (IndexError, ValueError):
         return
     if running.stop(execution_id):
-        log.info("stopped execution %s on request", execution_id)
+        log.info("stopped execution %s on a %.20s request", execution_id, request)

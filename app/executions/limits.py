@@ -6,42 +6,25 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import BigInteger, DateTime, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import TierLimits
 from app.errors import RateLimited
-from app.executions.status import TERMINAL
+from app.executions import repository
 
 _WINDOW = timedelta(hours=1)
 _CONCURRENCY_RETRY_SECONDS = 5
-# Keeps this lock's keys apart from any other advisory lock the database may see.
-_LOCK_NAMESPACE = 0x61676E74
-
-# Two statements, not one: a statement sees the rows committed when it started, so the count must
-# start after the lock is held.
-_LOCK = text("SELECT pg_advisory_xact_lock(:namespace, :key)")
-_USAGE = text(
-    f"""
-    SELECT count(*) FILTER (WHERE status NOT IN ({", ".join(f"'{s}'" for s in sorted(TERMINAL))}))
-               AS active,
-           count(*) FILTER (WHERE created_at > :since) AS started,
-           min(created_at) FILTER (WHERE created_at > :since) AS oldest
-    FROM agent_executions
-    WHERE user_id = :user_id AND parent_id IS NULL
-    """
-).bindparams(
-    bindparam("user_id", type_=BigInteger), bindparam("since", type_=DateTime(timezone=True))
-)
 
 
 async def check_start_allowed(
     session: AsyncSession, user_id: int, tier: str, limits: TierLimits
 ) -> None:
     """Raise :class:`RateLimited` if ``user_id`` may not start another execution now."""
-    await session.execute(_LOCK, {"namespace": _LOCK_NAMESPACE, "key": user_id % 2**31})
+    # Two statements, not one: a statement sees the rows committed when it started, so the
+    # count must start after the lock is held.
+    await repository.lock_user_starts(session, user_id)
     now = datetime.now(UTC)
-    usage = (await session.execute(_USAGE, {"user_id": user_id, "since": now - _WINDOW})).one()
+    usage = await repository.start_usage(session, user_id, since=now - _WINDOW)
     report = {
         "tier": tier,
         "concurrent": limits.concurrent,
@@ -56,6 +39,7 @@ async def check_start_allowed(
             limits=report,
         )
     if usage.started >= limits.per_hour:
+        assert usage.oldest is not None  # at least one was started in the window
         wait = (usage.oldest + _WINDOW - now).total_seconds()
         raise RateLimited(
             f"The {tier} tier allows {limits.per_hour} executions per hour.",

@@ -1,36 +1,164 @@
-"""Queries behind the executions API (the worker's statements are in worker_repository.py)."""
+"""The executions API's statements: start, control requests and reads (the worker's are in
+worker_repository.py, subagents' in subagent_repository.py, the sweep's in
+recovery_repository.py)."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, select, text
+from sqlalchemy import BigInteger, DateTime, TextClause, bindparam, func, inspect, select, text
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.executions.models import Execution, ExecutionLog
+from app.executions.transitions import (
+    ANSWER,
+    CANCEL,
+    CREATE,
+    KILL,
+    PAUSE,
+    PAUSE_AT_STEP,
+    RESUME,
+    TERMINAL,
+    Move,
+    Signal,
+    Status,
+    StatusChange,
+    change_status,
+    creation_log,
+)
 
 _INSERT_EXECUTION = text(
-    """
+    f"""
     WITH execution AS (
         INSERT INTO agent_executions (id, user_id, agent_type, queue, input, metadata, status)
-        VALUES (:id, :user_id, :agent_type, :queue, :input, :metadata, 'pending')
+        VALUES (:id, :user_id, :agent_type, :queue, :input, :metadata, '{CREATE.target}')
         RETURNING *
-    ), created AS (
-        INSERT INTO agent_logs (execution_id, level, event_type, message, context)
-        SELECT id, 'info', 'status_changed', 'Execution created',
-               '{"from": null, "to": "pending", "step_count": 0, "token_usage": 0}'::jsonb
-        FROM execution
-        RETURNING id
-    )
-    SELECT execution.*, created.id AS log_id FROM execution, created
+    ), status_log AS ({creation_log(CREATE, source="execution")})
+    SELECT execution.*, status_log.id AS log_id, status_log.context AS log_context
+    FROM execution, status_log
     """
 ).bindparams(
     bindparam("id", type_=UUID(as_uuid=True)),
     bindparam("input", type_=JSONB),
     bindparam("metadata", type_=JSONB),
 )
+
+_COLUMNS = [(attr.key, attr.columns[0].name) for attr in inspect(Execution).column_attrs]
+
+
+def _signal_row(*, delivers: bool) -> str:
+    """The request itself, recorded: a delivery (an answer) waits, unprocessed, for the worker
+    to hand it to the agent; any other request is done once the move is made."""
+    processed = "false, NULL" if delivers else "true, now()"
+    return f"""signal AS (
+        INSERT INTO agent_signals
+            (execution_id, signal_type, payload, created_by, processed, processed_at)
+        SELECT id, :signal, :payload, :user_id, {processed} FROM changed
+    )"""
+
+
+def _control(move: Move, *, sets: str = "", delivers: bool = False) -> TextClause:
+    superseded = """superseded AS (
+        UPDATE agent_signals SET processed = true, processed_at = now()
+        WHERE execution_id = :id AND NOT processed AND signal_type = 'pause'
+          AND EXISTS (SELECT 1 FROM changed)
+    )"""
+    return text(
+        change_status(
+            [move],
+            where="e.id = :id",
+            sets=sets,
+            after=[superseded, _signal_row(delivers=delivers)],
+            context="jsonb_build_object('by', CAST(:user_id AS bigint))",
+        )
+    ).bindparams(
+        bindparam("id", type_=UUID(as_uuid=True)),
+        bindparam("payload", type_=JSONB),
+        bindparam("user_id", type_=BigInteger),
+    )
+
+
+# The moves a control request makes at once (a pause of a running execution is a request the
+# worker carries out: PAUSE_AT_STEP).
+CONTROL_MOVES: dict[Signal, Move] = {
+    Signal.PAUSE: PAUSE,
+    Signal.RESUME: RESUME,
+    Signal.CANCEL: CANCEL,
+    Signal.KILL: KILL,
+    Signal.INPUT: ANSWER,
+}
+_CONTROL: dict[Signal, TextClause] = {
+    Signal.PAUSE: _control(PAUSE),
+    Signal.RESUME: _control(RESUME),
+    Signal.CANCEL: _control(CANCEL),
+    Signal.KILL: _control(KILL, sets="""metadata = e.metadata || '{"force_killed": true}'"""),
+    Signal.INPUT: _control(ANSWER, sets="metadata = e.metadata - 'question'", delivers=True),
+}
+DEFERRED: dict[Signal, Move] = {Signal.PAUSE: PAUSE_AT_STEP}
+
+_REQUEST = text(
+    """
+    INSERT INTO agent_signals (execution_id, signal_type, payload, created_by)
+    SELECT id, :signal, :payload, :user_id FROM agent_executions
+    WHERE id = :id AND status IN :sources
+    RETURNING id
+    """
+).bindparams(
+    bindparam("id", type_=UUID(as_uuid=True)),
+    bindparam("sources", expanding=True),
+    bindparam("payload", type_=JSONB),
+    bindparam("user_id", type_=BigInteger),
+)
+
+
+# Keeps the start lock's keys apart from any other advisory lock the database may see.
+_STARTS_LOCK_NAMESPACE = 0x61676E74
+_LOCK_STARTS = text("SELECT pg_advisory_xact_lock(:namespace, :key)")
+_START_USAGE = text(
+    f"""
+    SELECT count(*) FILTER (WHERE status NOT IN ({", ".join(f"'{s}'" for s in sorted(TERMINAL))}))
+               AS active,
+           count(*) FILTER (WHERE created_at > :since) AS started,
+           min(created_at) FILTER (WHERE created_at > :since) AS oldest
+    FROM agent_executions
+    WHERE user_id = :user_id AND parent_id IS NULL
+    """
+).bindparams(
+    bindparam("user_id", type_=BigInteger), bindparam("since", type_=DateTime(timezone=True))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StartUsage:
+    """A user's executions started over the API: unfinished ones, and those since a time."""
+
+    active: int
+    started: int
+    oldest: datetime | None
+
+
+async def lock_user_starts(session: AsyncSession, user_id: int) -> None:
+    """Serialise the user's starts until the transaction ends."""
+    await session.execute(
+        _LOCK_STARTS, {"namespace": _STARTS_LOCK_NAMESPACE, "key": user_id % 2**31}
+    )
+
+
+async def start_usage(session: AsyncSession, user_id: int, *, since: datetime) -> StartUsage:
+    row = (await session.execute(_START_USAGE, {"user_id": user_id, "since": since})).one()
+    return StartUsage(row.active, row.started, row.oldest)
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A new execution and its first status change (``pending``, logged)."""
+
+    execution: Execution
+    change: StatusChange
 
 
 async def insert_execution(
@@ -41,9 +169,9 @@ async def insert_execution(
     queue: str,
     input: dict[str, Any],
     metadata: dict[str, Any],
-) -> Row[Any]:
-    """A new pending execution and its first ``status_changed`` log (``log_id``), in one
-    statement: this is on every start's path."""
+) -> Created:
+    """A new pending execution and its first status log, in one statement: this is on every
+    start's path."""
     result = await session.execute(
         _INSERT_EXECUTION,
         {
@@ -55,7 +183,56 @@ async def insert_execution(
             "metadata": metadata,
         },
     )
-    return result.one()
+    row = result.one()._mapping
+    execution = Execution(**{key: row[column] for key, column in _COLUMNS})
+    change = StatusChange.from_row({**row, "previous_status": None})
+    return Created(execution, change)
+
+
+async def apply_control(
+    session: AsyncSession,
+    execution_id: uuid.UUID,
+    signal: Signal,
+    *,
+    payload: dict[str, Any],
+    user_id: int,
+) -> StatusChange | None:
+    """Make ``signal``'s move now; None when the execution is not in one of its sources."""
+    result = await session.execute(
+        _CONTROL[signal],
+        {"id": execution_id, "signal": signal.value, "payload": payload, "user_id": user_id},
+    )
+    row = result.first()
+    return None if row is None else StatusChange.from_row(row._mapping)
+
+
+async def request_control(
+    session: AsyncSession,
+    execution_id: uuid.UUID,
+    signal: Signal,
+    *,
+    payload: dict[str, Any],
+    user_id: int,
+) -> bool:
+    """Record ``signal`` for the worker to carry out at its next step boundary; False when the
+    execution is not in a status where the worker does."""
+    requested = await session.scalar(
+        _REQUEST,
+        {
+            "id": execution_id,
+            "sources": sorted(DEFERRED[signal].sources),
+            "signal": signal.value,
+            "payload": payload,
+            "user_id": user_id,
+        },
+    )
+    return requested is not None
+
+
+async def current_status(session: AsyncSession, execution_id: uuid.UUID) -> Status:
+    status = await session.scalar(select(Execution.status).where(Execution.id == execution_id))
+    assert status is not None, "an execution is never deleted while it is steered"
+    return Status(status)
 
 
 async def get_execution(

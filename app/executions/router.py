@@ -5,7 +5,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.deps import CurrentUser, RedisDep, SessionDep, SettingsDep
+from app.auth.dependencies import CurrentUser
+from app.deps import RedisDep, SessionDep, SettingsDep
 from app.errors import (
     ExecutionNotFound,
     InvalidRequest,
@@ -13,9 +14,8 @@ from app.errors import (
     Unauthorized,
     UnknownAgentType,
 )
-from app.executions import repository
-from app.executions.control import IllegalTransition, Signal, apply_signal
-from app.executions.manager import AgentManager, get_visible_execution
+from app.executions import service
+from app.executions.control import IllegalTransition, apply_signal
 from app.executions.schemas import (
     ChildSummary,
     ControlResponse,
@@ -26,7 +26,7 @@ from app.executions.schemas import (
     SendInput,
     StartExecution,
 )
-from app.executions.status import Status
+from app.executions.transitions import Signal, Status
 
 router = APIRouter(prefix="/api/agents", tags=["executions"])
 
@@ -56,8 +56,8 @@ async def start_execution(
     settings: SettingsDep,
     redis: RedisDep,
 ) -> ExecutionOut:
-    execution = await AgentManager(settings, redis).start(
-        session, user, body.agent_type, body.input.model_dump(), body.metadata
+    execution = await service.start_execution(
+        session, redis, settings, user, body.agent_type, body.input.model_dump(), body.metadata
     )
     response.headers["Location"] = f"/api/agents/{execution.id}"
     return ExecutionOut.model_validate(execution)
@@ -77,8 +77,8 @@ async def list_executions(
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> ExecutionPage:
-    items, total = await repository.list_executions(
-        session, user_id=user.id, status=status, page=page, per_page=per_page
+    items, total = await service.list_own_executions(
+        session, user, status=status, page=page, per_page=per_page
     )
     return ExecutionPage(
         items=[ExecutionOut.model_validate(e) for e in items],
@@ -98,14 +98,13 @@ async def list_executions(
 async def get_execution(
     execution_id: uuid.UUID, user: CurrentUser, session: SessionDep
 ) -> ExecutionDetail:
-    execution = await get_visible_execution(session, user, execution_id)
-    logs = await repository.latest_logs(session, execution.id, _LATEST_LOGS)
-    children = await repository.list_children(session, execution.id)
+    execution = await service.get_visible_execution(session, user, execution_id)
+    view = await service.view_execution(session, execution, latest_logs=_LATEST_LOGS)
     return ExecutionDetail.model_validate(
         {
-            **ExecutionOut.model_validate(execution).model_dump(),
-            "logs": [LogEntry.model_validate(entry) for entry in logs],
-            "children": [ChildSummary.model_validate(child) for child in children],
+            **ExecutionOut.model_validate(view.execution).model_dump(),
+            "logs": [LogEntry.model_validate(entry) for entry in view.logs],
+            "children": [ChildSummary.model_validate(child) for child in view.children],
         }
     )
 
@@ -126,9 +125,9 @@ async def list_execution_logs(
     event_type: Annotated[str | None, Query(max_length=50, pattern=_NAME)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[LogEntry]:
-    execution = await get_visible_execution(session, user, execution_id)
-    logs = await repository.list_logs(
-        session, execution.id, after_id=after_id, level=level, event_type=event_type, limit=limit
+    execution = await service.get_visible_execution(session, user, execution_id)
+    logs = await service.list_logs(
+        session, execution, after_id=after_id, level=level, event_type=event_type, limit=limit
     )
     return [LogEntry.model_validate(entry) for entry in logs]
 
@@ -139,10 +138,9 @@ def _control_route(signal: Signal, summary: str) -> Any:
         user: CurrentUser,
         session: SessionDep,
         redis: RedisDep,
-        settings: SettingsDep,
     ) -> ControlResponse:
-        execution = await get_visible_execution(session, user, execution_id)
-        outcome = await apply_signal(session, redis, settings, user, execution.id, signal)
+        execution = await service.get_visible_execution(session, user, execution_id)
+        outcome = await apply_signal(session, redis, user, execution.id, signal)
         return ControlResponse(status=outcome.status, signal=signal, accepted=outcome.accepted)
 
     control.__name__ = f"{signal.value}_execution"
@@ -188,10 +186,9 @@ async def send_input(
     user: CurrentUser,
     session: SessionDep,
     redis: RedisDep,
-    settings: SettingsDep,
 ) -> ControlResponse:
-    execution = await get_visible_execution(session, user, execution_id)
+    execution = await service.get_visible_execution(session, user, execution_id)
     outcome = await apply_signal(
-        session, redis, settings, user, execution.id, Signal.INPUT, body.input.model_dump()
+        session, redis, user, execution.id, Signal.INPUT, body.input.model_dump()
     )
     return ControlResponse(status=outcome.status, signal=Signal.INPUT, accepted=outcome.accepted)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from app.executions.status import Status
+from app.executions.transitions import Status
 
 
 class ExecutionInput(BaseModel):

@@ -1,7 +1,7 @@
 """The worker's statements, written out by hand for the per-step hot path.
 
 Each is a single round trip that does everything its moment needs (claim and load; commit a whole
-step; finish). They run on the asyncpg connection under SQLAlchemy's pooled connection, in
+step; fail). They run on the asyncpg connection under SQLAlchemy's pooled connection, in
 autocommit, so a statement is its own transaction and costs no ORM or Core bookkeeping. jsonb
 parameters are passed as JSON text and come back decoded (the dialect's jsonb codec).
 """
@@ -13,150 +13,149 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from asyncpg import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import json_serializer
+from app.db import RawStatement, json_serializer
+from app.executions.transitions import (
+    ASK,
+    CLAIM,
+    COMPLETE,
+    DELEGATE,
+    DELIVERIES,
+    FAIL,
+    PARK_AT_CLAIM,
+    PAUSE_AT_STEP,
+    SPAWN,
+    Signal,
+    Status,
+    StatusChange,
+    change_status,
+    creation_log,
+    step_log,
+)
+
+_PAUSE_REQUEST = """pause AS (
+    SELECT id FROM agent_signals
+    WHERE execution_id = :id AND NOT processed AND signal_type = 'pause'
+)"""
+_CONSUME_PAUSE = """consumed AS (
+    UPDATE agent_signals SET processed = true, processed_at = now()
+    WHERE id IN (SELECT id FROM pause) AND EXISTS (SELECT 1 FROM changed)
+)"""
+_PAUSED_OR = "CASE WHEN EXISTS (SELECT 1 FROM pause) THEN 'paused' ELSE '{}' END"
 
 # A pause requested while no step was running (between chunks) takes effect at the claim: the
-# execution parks instead of running.
-_CLAIM = """
-    WITH previous AS (
-        SELECT id, status FROM agent_executions WHERE id = $1 FOR UPDATE
-    ), pause AS (
-        SELECT s.id FROM agent_signals s, previous
-        WHERE s.execution_id = previous.id AND NOT s.processed AND s.signal_type = 'pause'
-    ), claimed AS (
-        UPDATE agent_executions e
-        SET status = CASE WHEN EXISTS (SELECT 1 FROM pause) THEN 'paused' ELSE 'running' END,
-            paused_at = CASE WHEN EXISTS (SELECT 1 FROM pause) THEN now() ELSE e.paused_at END,
-            lease = e.lease + 1, worker_id = $3,
-            heartbeat_at = now(), started_at = coalesce(e.started_at, now()),
-            chunk_count = e.chunk_count + 1, updated_at = now()
-        FROM previous
-        WHERE e.id = previous.id AND e.lease = $2 AND e.status IN ('pending', 'running')
-        RETURNING e.id, e.user_id, e.agent_type, e.queue, e.input, e.state_snapshot, e.lease,
-                  e.chunk_count, e.step_count, e.token_usage, e.status, e.parent_id, e.depth,
-                  previous.status AS previous_status
-    ), consumed AS (
-        UPDATE agent_signals SET processed = true, processed_at = now()
-        WHERE id IN (SELECT id FROM pause) AND EXISTS (SELECT 1 FROM claimed)
-    ), status_log AS (
-        INSERT INTO agent_logs (execution_id, level, event_type, message, context)
-        SELECT id, 'info',
-               CASE WHEN status = 'paused' THEN 'paused' ELSE 'status_changed' END,
-               'Status changed to ' || status,
-               jsonb_build_object('from', previous_status, 'to', status, 'worker', $3::text,
-                                  'step_count', step_count, 'token_usage', token_usage)
-        FROM claimed WHERE previous_status <> status
-        RETURNING id
+# execution parks instead of running. Deliveries stay unprocessed until the first step that
+# follows them commits, so a worker that dies before then loses none.
+_CLAIM = RawStatement.compile(
+    change_status(
+        [CLAIM, PARK_AT_CLAIM],
+        where="e.id = :id AND e.lease = :lease",
+        target=_PAUSED_OR.format(Status.RUNNING),
+        worker=":worker_id",
+        sets="heartbeat_at = now(), started_at = coalesce(e.started_at, now()), "
+        "chunk_count = e.chunk_count + 1",
+        before=[_PAUSE_REQUEST],
+        after=[_CONSUME_PAUSE],
+        returning="e.agent_type, e.input, e.state_snapshot, e.chunk_count, e.depth",
+        context="jsonb_build_object('worker', :worker_id::text)",
+        select=f"""
+        SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context,
+               (SELECT coalesce(jsonb_agg(m.message ORDER BY m.seq), '[]'::jsonb)
+                  FROM agent_messages m WHERE m.execution_id = changed.id) AS messages,
+               (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                           'id', s.id, 'signal', s.signal_type, 'payload', s.payload)
+                           ORDER BY s.id), '[]'::jsonb)
+                  FROM agent_signals s
+                  WHERE s.execution_id = changed.id AND NOT s.processed
+                    AND s.signal_type IN ({", ".join(f"'{d}'" for d in DELIVERIES)})
+               ) AS deliveries
+        FROM changed LEFT JOIN status_log ON true""",
     )
-    SELECT claimed.*, status_log.id AS log_id,
-           (SELECT coalesce(jsonb_agg(m.message ORDER BY m.seq), '[]'::jsonb)
-              FROM agent_messages m WHERE m.execution_id = claimed.id) AS messages
-    FROM claimed LEFT JOIN status_log ON true
-"""
+)
 
-# $1 id, $2 lease, $3 step_count, $4 token_usage, $5 usage, $6 snapshot, $7 status to end or park
-# in (or NULL to keep running), $8 output or NULL, $9 first message seq, $10 messages (a JSON
-# array), $11 log message, $12 log context, $13 metadata to merge or NULL, $14 child executions
-# to start (a JSON array of {id, agent_type, queue, input}) or NULL.
-# An unprocessed pause signal parks the execution at this step boundary (unless it ends here).
-_COMMIT_STEP = """
-    WITH pause AS (
-        SELECT id FROM agent_signals
-        WHERE execution_id = $1 AND NOT processed AND signal_type = 'pause'
-    ), target AS (
-        SELECT coalesce(
-            $7::varchar,
-            CASE WHEN EXISTS (SELECT 1 FROM pause) THEN 'paused' ELSE 'running' END
-        ) AS status
-    ), execution AS (
-        UPDATE agent_executions
-        SET step_count = $3, token_usage = $4, usage = $5::jsonb, state_snapshot = $6::jsonb,
-            heartbeat_at = now(), updated_at = now(),
-            status = target.status,
-            output = coalesce($8::jsonb, output),
-            metadata = CASE WHEN $13::jsonb IS NULL THEN metadata ELSE metadata || $13::jsonb END,
-            wait = CASE WHEN $14::jsonb IS NULL THEN wait
+# One statement per step. A finish status ends (completed) or parks (awaiting_input; waiting
+# for subagents, which it creates) the execution; else a pending pause request parks it.
+_COMMIT_STEP = RawStatement.compile(
+    change_status(
+        [PAUSE_AT_STEP, COMPLETE, ASK, DELEGATE],
+        where="e.id = :id AND e.lease = :lease",
+        target=f"coalesce(:finish_status::varchar, {_PAUSED_OR.format(Status.RUNNING)})",
+        sets="""step_count = :step_count, token_usage = :token_usage, usage = :usage::jsonb,
+            state_snapshot = :snapshot::jsonb, heartbeat_at = now(),
+            output = coalesce(:output::jsonb, e.output),
+            metadata = CASE WHEN :metadata::jsonb IS NULL THEN e.metadata
+                            ELSE e.metadata || :metadata::jsonb END,
+            wait = CASE WHEN :children::jsonb IS NULL THEN e.wait
                         ELSE jsonb_build_object('children', (
-                            SELECT jsonb_agg(c -> 'id') FROM jsonb_array_elements($14::jsonb) c))
-                   END,
-            paused_at = CASE WHEN target.status = 'paused' THEN now() ELSE paused_at END,
-            completed_at = CASE WHEN target.status IN ('completed', 'failed', 'cancelled')
-                                THEN now() ELSE completed_at END,
-            worker_id = CASE WHEN target.status = 'running' THEN worker_id END
-        FROM target
-        WHERE id = $1 AND lease = $2 AND agent_executions.status = 'running'
-        RETURNING id, user_id, depth, agent_executions.status, completed_at
-    ), children AS (
-        INSERT INTO agent_executions
-            (id, user_id, agent_type, queue, parent_id, depth, input, created_at)
-        SELECT (c ->> 'id')::uuid, execution.user_id, c ->> 'agent_type', c ->> 'queue',
-               execution.id, execution.depth + 1, c -> 'input',
-               -- distinct creation times keep the children in the order they were asked for
-               now() + n * interval '1 microsecond'
-        FROM execution, jsonb_array_elements($14::jsonb) WITH ORDINALITY AS t(c, n)
-        WHERE $14::jsonb IS NOT NULL
-        RETURNING id
-    ), children_log AS (
-        INSERT INTO agent_logs (execution_id, level, event_type, message, context)
-        SELECT id, 'info', 'status_changed', 'Execution created',
-               '{"from": null, "to": "pending", "step_count": 0, "token_usage": 0}'::jsonb
-        FROM children
-    ), consumed AS (
-        UPDATE agent_signals SET processed = true, processed_at = now()
-        WHERE id IN (SELECT id FROM pause) AND EXISTS (SELECT 1 FROM execution)
-    ), messages AS (
-        INSERT INTO agent_messages (execution_id, seq, message)
-        SELECT execution.id, $9::int + m.ordinality - 1, m.value
-        FROM execution, jsonb_array_elements($10::jsonb) WITH ORDINALITY AS m(value, ordinality)
-    ), step_log AS (
-        INSERT INTO agent_logs (execution_id, level, event_type, message, context)
-        SELECT id, 'info', 'step_completed', $11, $12::jsonb FROM execution
-        RETURNING id, created_at
-    ), status_log AS (
-        INSERT INTO agent_logs (execution_id, level, event_type, message, context)
-        SELECT id, 'info',
-               CASE WHEN status = 'paused' THEN 'paused' ELSE 'status_changed' END,
-               'Status changed to ' || status,
-               jsonb_build_object('from', 'running', 'to', status,
-                                  'step_count', $3::int, 'token_usage', $4::int)
-        FROM execution WHERE status <> 'running'
-        RETURNING id
+                            SELECT jsonb_agg(c -> 'id')
+                            FROM jsonb_array_elements(:children::jsonb) c))
+                   END""",
+        returning="e.depth",
+        before=[_PAUSE_REQUEST],
+        after=[
+            """children AS (
+                INSERT INTO agent_executions
+                    (id, user_id, agent_type, queue, parent_id, depth, input, created_at)
+                SELECT (c ->> 'id')::uuid, changed.user_id, c ->> 'agent_type', c ->> 'queue',
+                       changed.id, changed.depth + 1, c -> 'input',
+                       -- distinct creation times keep the children in the order asked for
+                       now() + n * interval '1 microsecond'
+                FROM changed, jsonb_array_elements(:children::jsonb) WITH ORDINALITY AS t(c, n)
+                WHERE :children::jsonb IS NOT NULL
+                RETURNING id, status, step_count, token_usage
+            )""",
+            f"children_log AS ({creation_log(SPAWN, source='children')})",
+            _CONSUME_PAUSE,
+            """delivered AS (
+                UPDATE agent_signals SET processed = true, processed_at = now()
+                WHERE id = ANY(:delivered::bigint[]) AND EXISTS (SELECT 1 FROM changed)
+            )""",
+            """messages AS (
+                INSERT INTO agent_messages (execution_id, seq, message)
+                SELECT changed.id, :first_seq::int + m.ordinality - 1, m.value
+                FROM changed,
+                     jsonb_array_elements(:messages::jsonb) WITH ORDINALITY AS m(value, ordinality)
+            )""",
+            "step_log AS ("
+            + step_log(source="changed", message=":log_message", context=":log_context::jsonb")
+            + ")",
+        ],
+        select="""
+        SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context,
+               step_log.id AS step_log_id, step_log.created_at AS step_created_at
+        FROM changed JOIN step_log ON true LEFT JOIN status_log ON true""",
     )
-    SELECT step_log.id, step_log.created_at, status_log.id AS status_log_id,
-           execution.status, execution.completed_at
-    FROM execution JOIN step_log ON true LEFT JOIN status_log ON true
-"""
+)
 
-# $1 id, $2 lease, $3 status, $4 level, $5 message, $6 error
-_FINISH = """
-    WITH execution AS (
-        UPDATE agent_executions
-        SET status = $3, error = $6::jsonb, completed_at = now(), updated_at = now(),
-            worker_id = NULL
-        WHERE id = $1 AND lease = $2 AND status = 'running'
-        RETURNING id, step_count, token_usage, completed_at
-    ), status_log AS (
-        INSERT INTO agent_logs (execution_id, level, event_type, message, context)
-        SELECT id, $4, 'status_changed', $5,
-               jsonb_build_object('from', 'running', 'to', $3::varchar, 'error', $6::jsonb,
-                                  'step_count', step_count, 'token_usage', token_usage)
-        FROM execution
-        RETURNING id
+_FAIL = RawStatement.compile(
+    change_status(
+        [FAIL],
+        where="e.id = :id AND e.lease = :lease",
+        sets="error = :error::jsonb",
+        message=":message",
+        context="jsonb_build_object('error', :error::jsonb)",
     )
-    SELECT status_log.id, execution.step_count, execution.token_usage, execution.completed_at
-    FROM execution JOIN status_log ON true
-"""
+)
 
 # Only the lease decides whether the worker still owns the execution: right after the final
 # step committed (status completed) the heartbeat must not read as a lost lease.
-_HEARTBEAT = """
+_HEARTBEAT = RawStatement.compile(
+    """
     UPDATE agent_executions
     SET heartbeat_at = CASE WHEN status = 'running' THEN now() ELSE heartbeat_at END
-    WHERE id = $1 AND lease = $2
-"""
+    WHERE id = :id AND lease = :lease
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What an execution was woken with, for the agent (an answer, its subagents' results)."""
+
+    id: int
+    signal: Signal
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,44 +169,92 @@ class Claim:
     input: dict[str, Any]
     state_snapshot: dict[str, Any] | None
     messages: list[dict[str, Any]]
+    deliveries: list[Delivery]
     lease: int
     chunk_count: int
     step_count: int
     token_usage: int
-    status: str
+    status: Status
     parent_id: uuid.UUID | None
     depth: int
-    status_log_id: int | None
+    change: StatusChange | None  # set when the claim changed the status
+
+
+@dataclass(frozen=True, slots=True)
+class NewChild:
+    """A subagent execution a step creates."""
+
+    id: uuid.UUID
+    agent_type: str
+    queue: str
+    prompt: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepCommit:
+    """Everything one step writes. ``finish_status`` ends or parks the execution: completed
+    (with ``output``), awaiting_input (merging ``metadata``), or awaiting_event while the
+    ``children`` it creates run. ``delivered`` are the deliveries the step has consumed."""
+
+    execution_id: uuid.UUID
+    lease: int
+    step_count: int
+    usage: dict[str, int]
+    snapshot: dict[str, Any]
+    first_seq: int
+    messages: list[dict[str, Any]]
+    log_context: dict[str, Any]
+    finish_status: Status | None = None
+    output: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    children: list[NewChild] | None = None
+    delivered: list[int] | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        def encoded(value: object) -> str | None:
+            return None if value is None else json_serializer(value)
+
+        children = None
+        if self.children is not None:
+            children = [
+                {"id": str(c.id), "agent_type": c.agent_type, "queue": c.queue,
+                 "input": {"prompt": c.prompt}}
+                for c in self.children
+            ]  # fmt: skip
+        return {
+            "id": self.execution_id,
+            "lease": self.lease,
+            "step_count": self.step_count,
+            "token_usage": self.usage["input_tokens"] + self.usage["output_tokens"],
+            "usage": json_serializer(self.usage),
+            "snapshot": json_serializer(self.snapshot),
+            "finish_status": self.finish_status,
+            "output": encoded(self.output),
+            "first_seq": self.first_seq,
+            "messages": json_serializer(self.messages),
+            "log_message": f"Step {self.log_context['step_number']} completed",
+            "log_context": json_serializer(self.log_context),
+            "metadata": encoded(self.metadata),
+            "children": encoded(children),
+            "delivered": self.delivered,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class StepWritten:
     log_id: int
     created_at: datetime
-    status: str
-    status_log_id: int | None
-    completed_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    log_id: int
-    step_count: int
-    token_usage: int
-    completed_at: datetime
-
-
-async def _driver(conn: AsyncConnection) -> Connection:
-    raw = await conn.get_raw_connection()
-    driver: Connection = raw.driver_connection
-    return driver
+    status: Status
+    change: StatusChange | None  # set when the step ended or parked the execution
 
 
 async def claim_execution(
     conn: AsyncConnection, execution_id: uuid.UUID, expected_lease: int, worker_id: str
 ) -> Claim | None:
     """Take the execution for this worker, bumping its lease; None if it is not ours to run."""
-    row = await (await _driver(conn)).fetchrow(_CLAIM, execution_id, expected_lease, worker_id)
+    row = await _CLAIM.fetchrow(
+        conn, {"id": execution_id, "lease": expected_lease, "worker_id": worker_id}
+    )
     if row is None:
         return None
     return Claim(
@@ -218,88 +265,47 @@ async def claim_execution(
         input=row["input"],
         state_snapshot=row["state_snapshot"],
         messages=row["messages"],
+        deliveries=[
+            Delivery(d["id"], Signal(d["signal"]), d["payload"]) for d in row["deliveries"]
+        ],
         lease=row["lease"],
         chunk_count=row["chunk_count"],
         step_count=row["step_count"],
         token_usage=row["token_usage"],
-        status=row["status"],
+        status=Status(row["status"]),
         parent_id=row["parent_id"],
         depth=row["depth"],
-        status_log_id=row["log_id"],
+        change=None if row["log_id"] is None else StatusChange.from_row(row),
     )
 
 
-async def commit_step(
-    conn: AsyncConnection,
-    *,
-    execution_id: uuid.UUID,
-    lease: int,
-    step_count: int,
-    usage: dict[str, int],
-    snapshot: dict[str, Any],
-    first_seq: int,
-    messages: list[dict[str, Any]],
-    log_message: str,
-    log_context: dict[str, Any],
-    finish_status: str | None = None,
-    output: dict[str, Any] | None = None,
-    metadata: dict[str, Any] | None = None,
-    children: list[dict[str, Any]] | None = None,
-) -> StepWritten | None:
+async def commit_step(conn: AsyncConnection, step: StepCommit) -> StepWritten | None:
     """Append a step's messages and log and advance progress in one statement, fenced by the
-    lease. ``finish_status`` ends (``completed``, with ``output``) or parks (``awaiting_input``,
-    merging ``metadata``; ``awaiting_event`` waiting for ``children``, which are created in the
-    same statement) the execution; a pending pause request parks it ``paused``.
-    None means the lease was lost and nothing was written."""
-    row = await (await _driver(conn)).fetchrow(
-        _COMMIT_STEP,
-        execution_id,
-        lease,
-        step_count,
-        usage["input_tokens"] + usage["output_tokens"],
-        json_serializer(usage),
-        json_serializer(snapshot),
-        finish_status,
-        None if output is None else json_serializer(output),
-        first_seq,
-        json_serializer(messages),
-        log_message,
-        json_serializer(log_context),
-        None if metadata is None else json_serializer(metadata),
-        None if children is None else json_serializer(children),
-    )
+    lease; a pending pause request parks the execution. None: the lease was lost, nothing was
+    written."""
+    row = await _COMMIT_STEP.fetchrow(conn, step.parameters())
     if row is None:
         return None
-    return StepWritten(
-        row["id"], row["created_at"], row["status"], row["status_log_id"], row["completed_at"]
-    )
+    change = None if row["log_id"] is None else StatusChange.from_row(row)
+    return StepWritten(row["step_log_id"], row["step_created_at"], Status(row["status"]), change)
 
 
-async def finish_execution(
-    conn: AsyncConnection,
-    *,
-    execution_id: uuid.UUID,
-    lease: int,
-    status: str,
-    message: str,
-    error: dict[str, Any] | None = None,
-) -> Finished | None:
+async def fail_execution(
+    conn: AsyncConnection, execution_id: uuid.UUID, lease: int, error: dict[str, Any]
+) -> StatusChange | None:
     """End a running execution without a step (failure or limit); None if the lease was lost."""
-    row = await (await _driver(conn)).fetchrow(
-        _FINISH,
-        execution_id,
-        lease,
-        status,
-        "error" if error else "info",
-        message,
-        None if error is None else json_serializer(error),
+    row = await _FAIL.fetchrow(
+        conn,
+        {
+            "id": execution_id,
+            "lease": lease,
+            "message": f"Failed: {error['message']}",
+            "error": json_serializer(error),
+        },
     )
-    if row is None:
-        return None
-    return Finished(row["id"], row["step_count"], row["token_usage"], row["completed_at"])
+    return None if row is None else StatusChange.from_row(row)
 
 
 async def record_heartbeat(conn: AsyncConnection, execution_id: uuid.UUID, lease: int) -> bool:
     """Refresh the heartbeat; False when the lease is no longer ours."""
-    status: str = await (await _driver(conn)).execute(_HEARTBEAT, execution_id, lease)
-    return status != "UPDATE 0"
+    return await _HEARTBEAT.execute(conn, {"id": execution_id, "lease": lease}) != "UPDATE 0"

@@ -7,10 +7,10 @@ from fastapi import APIRouter, Header, Query, Request, WebSocket
 from sse_starlette.sse import EventSourceResponse
 from starlette.types import Message, Send
 
-from app.deps import AdminUser, CurrentUser, SessionDep
+from app.auth.dependencies import AdminUser, CurrentUser
+from app.deps import SessionDep
 from app.errors import ExecutionNotFound, Forbidden, Unauthorized
-from app.executions.manager import get_visible_execution
-from app.executions.repository import get_execution
+from app.executions import service
 from app.streams.sse import execution_events
 from app.streams.websocket import serve_dashboard_socket
 
@@ -74,7 +74,7 @@ async def stream_execution_events(
     after_id: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
-    execution = await get_visible_execution(session, user, execution_id)
+    execution = await service.get_visible_execution(session, user, execution_id)
     return _stream(request, execution.id, _cursor(last_event_id, after_id))
 
 
@@ -93,9 +93,8 @@ async def admin_stream_execution(
     after_id: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
-    if await get_execution(session, execution_id) is None:
-        raise ExecutionNotFound(f"No execution {execution_id}.")
-    return _stream(request, execution_id, _cursor(last_event_id, after_id))
+    execution = await service.get_any_execution(session, execution_id)
+    return _stream(request, execution.id, _cursor(last_event_id, after_id))
 
 
 @router.websocket("/api/ws")

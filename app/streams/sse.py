@@ -20,56 +20,16 @@ from sse_starlette.event import ServerSentEvent
 
 from app.executions import events, repository
 from app.executions.models import Execution, ExecutionLog
-from app.executions.status import TERMINAL, Status
+from app.executions.transitions import TERMINAL
 from app.streams.hub import Hub, Published, Subscription
 
 REPLAY_BATCH = 500
 CLOSE_SPREAD_SECONDS = 0.2
 FINISHED = "finished"
-_STATUS_EVENT_TYPES = {
-    "status_changed", "paused", "resumed", "cancelled", "force_killed", "input_received",
-    "subagents_finished",
-}  # fmt: skip
-
-
-def replayed_event(row: ExecutionLog, execution: Execution) -> events.Event:
-    """The event a stored log row stands for, shaped as the live one was."""
-    if row.event_type == "step_completed":
-        context = {k: v for k, v in row.context.items() if k != "step_number"}
-        step_number = row.context.get("step_number") or _step_number(row.message)
-        return events.step_completed(
-            execution.id, row.id, row.created_at, context, int(step_number)
-        )
-    if row.event_type in _STATUS_EVENT_TYPES and "to" in row.context:
-        status = Status(row.context["to"])
-        return events.status_changed(
-            # The counts at the time of the change (older rows without them: the current ones).
-            execution.id, row.id, status,
-            step_count=int(row.context.get("step_count", execution.step_count)),
-            token_usage=int(row.context.get("token_usage", execution.token_usage)),
-            completed_at=execution.completed_at if status in TERMINAL else None,
-        )  # fmt: skip
-    return events.Event(
-        events.LOG,
-        row.id,
-        {
-            "execution_id": str(execution.id),
-            "level": row.level,
-            "event_type": row.event_type,
-            "message": row.message,
-            "context": row.context,
-            "timestamp": row.created_at.isoformat(),
-        },
-    )
 
 
 def _is_terminal_change(row: ExecutionLog) -> bool:
-    return row.event_type in _STATUS_EVENT_TYPES and row.context.get("to") in TERMINAL
-
-
-def _step_number(message: str) -> int:
-    parts = message.split()
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    return events.is_status_change(row.event_type, row.context) and row.context["to"] in TERMINAL
 
 
 def _sse(event: events.Event) -> ServerSentEvent:
@@ -112,7 +72,7 @@ def _drain(
         if published.id > last_id:
             last_id = published.id
             frames.append(published.sse_frame)  # encoded once for every subscriber
-            if published.event == events.STATUS_CHANGED:
+            if published.event == events.EventName.STATUS_CHANGED:
                 current = published.data["status"]
                 if current in TERMINAL:
                     frames.append(_finished(current).encode())
@@ -153,7 +113,11 @@ async def execution_events(
                     if execution is None:
                         return
                 if rows:
-                    yield b"".join(_sse(replayed_event(row, execution)).encode() for row in rows)
+                    completed_at = execution.completed_at
+                    yield b"".join(
+                        _sse(events.from_log(execution_id, row, completed_at)).encode()
+                        for row in rows
+                    )
                     last_id = rows[-1].id
                 if len(rows) < REPLAY_BATCH:
                     break

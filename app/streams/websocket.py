@@ -19,11 +19,12 @@ from typing import Any
 from fastapi import WebSocket, WebSocketDisconnect
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.auth.dependencies import bearer_token
 from app.auth.models import User
 from app.auth.service import authenticate
 from app.db import transaction
 from app.executions import events
-from app.executions.repository import get_execution
+from app.executions.service import is_visible
 from app.streams.hub import Hub, Subscription
 
 CLOSE_UNAUTHORIZED = 4401
@@ -32,10 +33,9 @@ MAX_SUBSCRIPTIONS = 200
 
 
 def token_of(websocket: WebSocket) -> str:
-    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return websocket.query_params.get("token", "").strip()
+    """The bearer token, else ``?token=`` (a browser cannot set headers on a WebSocket)."""
+    token = bearer_token(websocket.headers.get("authorization"))
+    return token or websocket.query_params.get("token", "").strip()
 
 
 async def may_subscribe(
@@ -55,9 +55,8 @@ async def may_subscribe(
         except ValueError:
             return "unknown channel"
         async with sessions() as session:
-            owner = None if user.is_admin else user.id
-            found = await get_execution(session, execution_id, user_id=owner)
-        return None if found is not None else "no such execution"
+            visible = await is_visible(session, user, execution_id)
+        return None if visible else "no such execution"
     return "unknown channel"
 
 

@@ -1,0 +1,54 @@
+"""The statements behind users and API tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.models import ApiToken, User
+
+
+@dataclass(frozen=True, slots=True)
+class TokenOwner:
+    """The user an unrevoked token belongs to, and when the token was last used."""
+
+    user: User
+    token_id: int
+    last_used_at: datetime | None
+
+
+async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
+    user: User | None = await session.scalar(select(User).where(User.email == email))
+    return user
+
+
+async def add_user(session: AsyncSession, user: User) -> User:
+    session.add(user)
+    await session.flush()
+    return user
+
+
+async def add_token(session: AsyncSession, token: ApiToken) -> None:
+    session.add(token)
+    await session.flush()
+
+
+async def find_token_owner(session: AsyncSession, token_hash: str) -> TokenOwner | None:
+    row = (
+        await session.execute(
+            select(User, ApiToken.id, ApiToken.last_used_at)
+            .join(ApiToken, ApiToken.user_id == User.id)
+            .where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
+        )
+    ).first()
+    if row is None:
+        return None
+    user, token_id, last_used_at = row
+    return TokenOwner(user, token_id, last_used_at)
+
+
+async def record_token_use(session: AsyncSession, token_id: int, at: datetime) -> None:
+    await session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=at))

@@ -1,0 +1,111 @@
+"""What a committed change tells the rest of the system: jobs to enqueue, events to publish,
+workers to stop, parents to wake.
+
+The database already holds the change, so each effect runs on its own after the commit and a
+failure is logged the same way and stops no other effect: a lost enqueue is made up by the sweep,
+a lost event only delays subscribers (streams resume from the log), a lost stop is caught by the
+lease at the worker's next write, a lost wake by the sweep's search for waiting parents.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from app.db import after_commit
+from app.executions import children, events
+from app.executions.interrupts import control_channel
+from app.executions.jobs import enqueue_chunk
+from app.executions.transitions import TERMINAL, Signal, Status, StatusChange
+
+log = logging.getLogger(__name__)
+
+_EFFECTS = "execution_effects"
+
+
+class Effects:
+    """Effects collected while a change is made, run once it is committed (:meth:`run`)."""
+
+    def __init__(self, redis: ArqRedis, db: AsyncEngine) -> None:
+        self.redis = redis
+        self.db = db
+        self._pending: list[tuple[str, uuid.UUID, Callable[[], Awaitable[object]]]] = []
+
+    def enqueue(self, execution_id: uuid.UUID, lease: int, queue: str, suffix: str = "") -> None:
+        self._add(
+            "enqueue",
+            execution_id,
+            lambda: enqueue_chunk(self.redis, execution_id, lease, queue, suffix=suffix),
+        )
+
+    def publish(self, execution_id: uuid.UUID, user_id: int, *published: events.Event) -> None:
+        self._add(
+            "publish",
+            execution_id,
+            lambda: events.publish(self.redis, execution_id, user_id, list(published)),
+        )
+
+    def stop_worker(self, execution_id: uuid.UUID, signal: Signal) -> None:
+        """Interrupt the step a worker may be running (cancel, kill)."""
+        self._add(
+            "stop",
+            execution_id,
+            lambda: self.redis.publish(control_channel(execution_id), signal.value),
+        )
+
+    def wake_parent(self, parent_id: uuid.UUID) -> None:
+        """Resume the parent if this was the last of its subagents to finish."""
+
+        async def wake() -> None:
+            change = await children.wake_parent(self.db, parent_id)
+            if change is not None:
+                self.announce(change)
+
+        self._add("wake", parent_id, wake)
+
+    def announce(
+        self,
+        change: StatusChange,
+        *,
+        stop: Signal | None = None,
+        before: Sequence[events.Event] = (),
+    ) -> None:
+        """The consequences of a status change: its event (after ``before``, in one publish); a
+        job once it is ``pending``; and once it is terminal, its parent's wake and (with
+        ``stop``) the interruption of a worker still running it."""
+        if stop is not None and change.status in TERMINAL:
+            self.stop_worker(change.execution_id, stop)
+        if change.status is Status.PENDING:
+            self.enqueue(change.execution_id, change.lease, change.queue)
+        self.publish(change.execution_id, change.user_id, *before, events.of_change(change))
+        if change.status in TERMINAL and change.parent_id is not None:
+            self.wake_parent(change.parent_id)
+
+    async def run(self) -> None:
+        """Run every effect, including those that running one adds; each failure is logged."""
+        while self._pending:
+            what, execution_id, effect = self._pending.pop(0)
+            try:
+                await effect()
+            except Exception:
+                log.warning("could not %s for execution %s", what, execution_id, exc_info=True)
+
+    def _add(
+        self, what: str, execution_id: uuid.UUID, effect: Callable[[], Awaitable[object]]
+    ) -> None:
+        self._pending.append((what, execution_id, effect))
+
+
+def after_commit_effects(session: AsyncSession, redis: ArqRedis) -> Effects:
+    """The effects of the session's transaction, run once it has committed."""
+    effects: Effects | None = session.info.get(_EFFECTS)
+    if effects is None:
+        db = session.bind
+        assert isinstance(db, AsyncEngine)
+        effects = session.info[_EFFECTS] = Effects(redis, db)
+        after_commit(session, effects.run)
+    return effects

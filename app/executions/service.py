@@ -1,0 +1,125 @@
+"""The executions service: starting executions and reading them back, for the routers, the
+progress streams and the dashboard socket. An execution is visible to its owner and to admins;
+to anybody else it does not exist (404, not 403)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from arq.connections import ArqRedis
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.agents.errors import MissingApiKey
+from app.agents.registry import check_agent_type
+from app.auth.models import User
+from app.config import Settings
+from app.errors import ExecutionNotFound, InvalidRequest, UnknownAgentType
+from app.executions import repository
+from app.executions.effects import after_commit_effects
+from app.executions.limits import check_start_allowed
+from app.executions.models import Execution, ExecutionLog
+
+
+async def start_execution(
+    session: AsyncSession,
+    redis: ArqRedis,
+    settings: Settings,
+    user: User,
+    agent_type: str,
+    input: dict[str, Any],
+    metadata: dict[str, Any] | None = None,
+) -> Execution:
+    """Record a pending execution; its first job is enqueued once the row is committed."""
+    spec = settings.agent_types.get(agent_type)
+    if spec is None:
+        known = sorted(settings.agent_types)
+        raise UnknownAgentType(
+            f"Unknown agent type {agent_type!r}; known types: {', '.join(known)}.",
+            known_agent_types=known,
+        )
+    try:
+        check_agent_type(spec, settings.provider_keys())
+    except MissingApiKey as exc:
+        raise InvalidRequest(
+            f"Agent type {agent_type!r} cannot run: {exc}", missing_setting=spec.api_key_env
+        ) from exc
+    await check_start_allowed(session, user.id, user.tier, settings.tier_limits(user.tier))
+    created = await repository.insert_execution(
+        session,
+        user_id=user.id,
+        agent_type=agent_type,
+        queue=spec.queue,
+        input=input,
+        metadata=metadata or {},
+    )
+    after_commit_effects(session, redis).announce(created.change)
+    return created.execution
+
+
+def _owner_filter(user: User) -> int | None:
+    """Whose executions ``user`` may see: their own, or (admins) everybody's."""
+    return None if user.is_admin else user.id
+
+
+async def get_visible_execution(
+    session: AsyncSession, user: User, execution_id: uuid.UUID
+) -> Execution:
+    """The execution if ``user`` owns it or is an admin; otherwise it does not exist for them."""
+    execution = await repository.get_execution(session, execution_id, user_id=_owner_filter(user))
+    if execution is None:
+        raise ExecutionNotFound(f"No execution {execution_id}.")
+    return execution
+
+
+async def is_visible(session: AsyncSession, user: User, execution_id: uuid.UUID) -> bool:
+    found = await repository.get_execution(session, execution_id, user_id=_owner_filter(user))
+    return found is not None
+
+
+async def get_any_execution(session: AsyncSession, execution_id: uuid.UUID) -> Execution:
+    """Any execution (for admins); 404 when there is none."""
+    execution = await repository.get_execution(session, execution_id)
+    if execution is None:
+        raise ExecutionNotFound(f"No execution {execution_id}.")
+    return execution
+
+
+async def list_own_executions(
+    session: AsyncSession, user: User, *, status: str | None, page: int, per_page: int
+) -> tuple[list[Execution], int]:
+    return await repository.list_executions(
+        session, user_id=user.id, status=status, page=page, per_page=per_page
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionView:
+    """An execution with its latest logs and its subagents."""
+
+    execution: Execution
+    logs: list[ExecutionLog]
+    children: list[Execution]
+
+
+async def view_execution(
+    session: AsyncSession, execution: Execution, *, latest_logs: int
+) -> ExecutionView:
+    logs = await repository.latest_logs(session, execution.id, latest_logs)
+    children = await repository.list_children(session, execution.id)
+    return ExecutionView(execution, logs, children)
+
+
+async def list_logs(
+    session: AsyncSession,
+    execution: Execution,
+    *,
+    after_id: int | None,
+    level: str | None,
+    event_type: str | None,
+    limit: int,
+) -> list[ExecutionLog]:
+    return await repository.list_logs(
+        session, execution.id, after_id=after_id, level=level, event_type=event_type, limit=limit
+    )

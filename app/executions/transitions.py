@@ -1,0 +1,333 @@
+"""The execution state machine: every status, every move between them and who makes it, and the
+one builder of the statements that change a status and write its log row.
+
+Each move is one conditional UPDATE (``... WHERE status IN (<its sources>)``), so two racing
+actors cannot both win, and the same statement writes the ``agent_logs`` row that streams
+replay. The repositories compose their statements with :func:`change_status`,
+:func:`status_log` and :func:`creation_log`; no other code writes a status or a status log.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    AWAITING_INPUT = "awaiting_input"
+    AWAITING_EVENT = "awaiting_event"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+UNFINISHED = frozenset(Status) - TERMINAL
+ALL_STATUSES = tuple(s.value for s in Status)
+
+
+class EventType(StrEnum):
+    """The ``event_type`` of an ``agent_logs`` row."""
+
+    STEP_COMPLETED = "step_completed"
+    STATUS_CHANGED = "status_changed"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    CANCELLED = "cancelled"
+    FORCE_KILLED = "force_killed"
+    INPUT_RECEIVED = "input_received"
+    SUBAGENTS_FINISHED = "subagents_finished"
+
+
+class Actor(StrEnum):
+    """Who makes a move."""
+
+    CLIENT = "client"  # a start or control request over the API
+    WORKER = "worker"  # the worker stepping the execution
+    SWEEP = "sweep"  # the recovery sweep, for work whose worker died
+    PARENT = "parent"  # the parent execution ended, taking its subagents with it
+    CHILDREN = "children"  # the last subagent of a waiting parent finished
+
+
+class Signal(StrEnum):
+    """What ``agent_signals`` rows ask for.
+
+    The first five are control requests over the API. ``input`` and ``subagent_results`` also
+    carry a delivery: the payload the worker hands to the agent (``Agent.answer``,
+    ``Agent.receive_subagent_results``) when it next claims the execution.
+    """
+
+    PAUSE = "pause"
+    RESUME = "resume"
+    CANCEL = "cancel"
+    KILL = "kill"
+    INPUT = "input"
+    SUBAGENT_RESULTS = "subagent_results"
+
+
+DELIVERIES = (Signal.INPUT, Signal.SUBAGENT_RESULTS)
+
+Level = Literal["info", "warning", "error"]
+
+
+@dataclass(frozen=True)
+class Move:
+    """One transition: from any of ``sources`` (none: the execution is created) to ``target``."""
+
+    name: str
+    actor: Actor
+    sources: frozenset[Status]
+    target: Status
+    event_type: EventType = EventType.STATUS_CHANGED
+    level: Level = "info"
+    # A new lease fences off any worker still running the execution: it can never write again.
+    bumps_lease: bool = False
+
+
+def _move(
+    name: str,
+    actor: Actor,
+    sources: Iterable[Status],
+    target: Status,
+    event_type: EventType = EventType.STATUS_CHANGED,
+    *,
+    level: Level = "info",
+    bumps_lease: bool = False,
+) -> Move:
+    return Move(name, actor, frozenset(sources), target, event_type, level, bumps_lease)
+
+
+S, E, A = Status, EventType, Actor
+# fmt: off
+CREATE = _move("create", A.CLIENT, (), S.PENDING)
+SPAWN = _move("spawn", A.WORKER, (), S.PENDING)  # a subagent, created by its parent's step
+CLAIM = _move("claim", A.WORKER, (S.PENDING, S.RUNNING), S.RUNNING, bumps_lease=True)
+PARK_AT_CLAIM = _move("pause at claim", A.WORKER, (S.PENDING, S.RUNNING), S.PAUSED, E.PAUSED,
+                      bumps_lease=True)  # a pause requested between chunks
+PAUSE = _move("pause", A.CLIENT, (S.PENDING, S.SCHEDULED), S.PAUSED, E.PAUSED)
+PAUSE_AT_STEP = _move("pause at step", A.WORKER, (S.RUNNING,), S.PAUSED, E.PAUSED)
+RESUME = _move("resume", A.CLIENT, (S.PAUSED,), S.PENDING, E.RESUMED)
+CANCEL = _move("cancel", A.CLIENT, UNFINISHED, S.CANCELLED, E.CANCELLED, bumps_lease=True)
+KILL = _move("kill", A.CLIENT, UNFINISHED, S.CANCELLED, E.FORCE_KILLED, bumps_lease=True)
+ANSWER = _move("answer", A.CLIENT, (S.AWAITING_INPUT,), S.PENDING, E.INPUT_RECEIVED)
+COMPLETE = _move("complete", A.WORKER, (S.RUNNING,), S.COMPLETED)
+ASK = _move("ask the user", A.WORKER, (S.RUNNING,), S.AWAITING_INPUT)
+DELEGATE = _move("wait for subagents", A.WORKER, (S.RUNNING,), S.AWAITING_EVENT)
+FAIL = _move("fail", A.WORKER, (S.RUNNING,), S.FAILED, level="error")
+WAKE = _move("subagents finished", A.CHILDREN, (S.AWAITING_EVENT,), S.PENDING,
+             E.SUBAGENTS_FINISHED)
+CANCEL_WITH_PARENT = _move("cancel with parent", A.PARENT, UNFINISHED, S.CANCELLED, E.CANCELLED,
+                           bumps_lease=True)
+ABANDON = _move("worker lost", A.SWEEP, (S.RUNNING,), S.FAILED, level="error")
+# fmt: on
+del S, E, A
+
+MOVES: tuple[Move, ...] = (
+    CREATE, SPAWN, CLAIM, PARK_AT_CLAIM, PAUSE, PAUSE_AT_STEP, RESUME, CANCEL, KILL, ANSWER,
+    COMPLETE, ASK, DELEGATE, FAIL, WAKE, CANCEL_WITH_PARENT, ABANDON,
+)  # fmt: skip
+
+# Log rows that record a status change (their context has from, to, step_count, token_usage).
+STATUS_EVENT_TYPES = frozenset(move.event_type for move in MOVES)
+
+
+def status_diagram() -> str:
+    """The state machine in Markdown: a Mermaid diagram and a table of every move.
+
+    The README shows this text; a test keeps the two the same.
+    """
+    edges, anywhere = [], []
+    for move in MOVES:
+        if move.sources == UNFINISHED:
+            anywhere.append(move.name)
+            continue
+        for source in [s.value for s in sorted(move.sources)] or ["[*]"]:
+            edges.append(f"    {source} --> {move.target}: {move.name}")
+    lines = ["```mermaid", "stateDiagram-v2", *edges]
+    lines += [f"    {status} --> [*]" for status in sorted(TERMINAL)]
+    lines += ["```", "", f"From any unfinished status: {', '.join(anywhere)}.", ""]
+    lines += ["| move | by | from | to | log event |", "|---|---|---|---|---|"]
+    for move in MOVES:
+        sources = ", ".join(sorted(move.sources))
+        if move.sources == UNFINISHED:
+            sources = "any unfinished"
+        extras = " (new lease)" if move.bumps_lease else ""
+        lines.append(
+            f"| {move.name} | {move.actor} | {sources or '(new)'} | {move.target}{extras} "
+            f"| `{move.event_type}` |"
+        )
+    return "\n".join(lines)
+
+
+# --- statements ---------------------------------------------------------------------------------
+
+
+def _quoted(values: Iterable[str]) -> str:
+    return ", ".join(f"'{value}'" for value in sorted(values))
+
+
+def _by_target(moves: Sequence[Move], attribute: str, column: str = "status") -> str:
+    """SQL for ``attribute`` of the move that reached the ``status`` a row now has."""
+    values = {move.target: getattr(move, attribute) for move in moves}
+    if len(set(values.values())) == 1:
+        return f"'{next(iter(values.values()))}'"
+    cases = " ".join(f"WHEN '{target}' THEN '{value}'" for target, value in values.items())
+    return f"CASE {column} {cases} END"
+
+
+def status_log(
+    moves: Sequence[Move],
+    *,
+    source: str,
+    previous: str = "previous_status",
+    message: str = "'Status changed to ' || status",
+    context: str | None = None,
+) -> str:
+    """``INSERT`` of the status log row of every row of CTE ``source`` whose status changed.
+
+    ``source`` returns ``id``, ``status``, ``step_count`` and ``token_usage``; ``previous`` is
+    SQL for the status before (a column of ``source``, or ``NULL`` for a new execution);
+    ``context`` is SQL for a jsonb object merged into the row's context. Returns ``id``,
+    ``execution_id`` and ``context`` of each row written.
+    """
+    extra = f" || {context}" if context else ""
+    return f"""
+        INSERT INTO agent_logs (execution_id, level, event_type, message, context)
+        SELECT id, {_by_target(moves, "level")}, {_by_target(moves, "event_type")}, {message},
+               jsonb_build_object('from', {previous}, 'to', status, 'step_count', step_count,
+                                  'token_usage', token_usage){extra}
+        FROM {source} WHERE {previous} IS DISTINCT FROM status
+        RETURNING id, execution_id, context"""
+
+
+def creation_log(move: Move, *, source: str) -> str:
+    """``INSERT`` of the first status log row of each execution the CTE ``source`` created."""
+    assert not move.sources, f"{move.name} does not create executions"
+    return status_log([move], source=source, previous="NULL", message="'Execution created'")
+
+
+def _status_assignments(target: str, worker: str, *, bumps_lease: bool) -> list[str]:
+    """What every status change sets besides the status: the time of the change, of a pause,
+    of the end; the worker (only a running execution has one); a new lease if it fences."""
+    assignments = [
+        f"status = {target}",
+        "updated_at = now()",
+        f"paused_at = CASE WHEN {target} = 'paused' THEN now() ELSE e.paused_at END",
+        f"completed_at = CASE WHEN {target} IN ({_quoted(TERMINAL)}) THEN now() "
+        "ELSE e.completed_at END",
+        f"worker_id = CASE WHEN {target} = 'running' THEN {worker} END",
+    ]
+    if bumps_lease:
+        assignments.append("lease = e.lease + 1")
+    return assignments
+
+
+def change_status(
+    moves: Sequence[Move],
+    *,
+    where: str,
+    target: str | None = None,
+    sets: str = "",
+    before: Sequence[str] = (),
+    after: Sequence[str] = (),
+    returning: str = "",
+    worker: str = "e.worker_id",
+    message: str = "'Status changed to ' || status",
+    context: str | None = None,
+    recursive: bool = False,
+    select: str = "SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context "
+    "FROM changed LEFT JOIN status_log ON status_log.execution_id = changed.id",
+) -> str:
+    """One statement that makes one of ``moves`` on the rows ``where`` selects, and logs it.
+
+    Only rows in a source status of the moves change. With several moves, ``target`` is SQL
+    choosing the target status (a row whose status stays the same changes nothing else about
+    its status and gets no log row). The CTE ``changed`` returns ``id``, ``user_id``,
+    ``status``, ``previous_status``, ``lease``, ``queue``, ``parent_id``, ``step_count``,
+    ``token_usage``, ``completed_at`` and ``returning``; ``status_log`` the rows written.
+    ``before`` and ``after`` are further CTEs (``name AS (...)``) around ``changed``; ``sets``
+    further assignments (the table is ``e``); ``worker`` SQL for ``worker_id`` when the target
+    is ``running``; ``recursive`` when a ``before`` CTE is recursive; ``select`` the
+    statement's result.
+    """
+    targets = {move.target for move in moves}
+    assert len(targets) == len(moves), "one move per target status in a statement"
+    assert len({move.bumps_lease for move in moves}) == 1, "the moves must agree on the lease"
+    sources = frozenset().union(*(move.sources for move in moves))
+    target_sql = target or f"'{moves[0].target}'"
+    assert target or len(moves) == 1, "several moves need SQL choosing the target"
+    if len(sources) == 1:
+        locked, joined, previous = [], "", f"'{next(iter(sources))}'::varchar"
+    else:
+        # The UPDATE returns new values only: the status before comes from a locked read.
+        locked = [
+            f"previous AS (SELECT id, status FROM agent_executions e WHERE {where} FOR UPDATE)"
+        ]
+        joined, previous = "FROM previous", "previous.status"
+    assignments = _status_assignments(target_sql, worker, bumps_lease=moves[0].bumps_lease)
+    if sets:
+        assignments.append(sets)
+    identity = "e.id = previous.id" if joined else where
+    changed = f"""changed AS (
+        UPDATE agent_executions e SET {", ".join(assignments)}
+        {joined}
+        WHERE {identity} AND e.status IN ({_quoted(sources)})
+        RETURNING e.id, e.user_id, e.status, {previous} AS previous_status, e.lease, e.queue,
+                  e.parent_id, e.step_count, e.token_usage, e.completed_at
+                  {", " + returning if returning else ""}
+    )"""
+    log = status_log(moves, source="changed", message=message, context=context)
+    ctes = [*before, *locked, changed, *after, f"status_log AS ({log})"]
+    return ("WITH RECURSIVE " if recursive else "WITH ") + ",\n".join(ctes) + "\n" + select
+
+
+# --- results ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A committed change, as :func:`change_status`'s default ``select`` returns it."""
+
+    execution_id: uuid.UUID
+    user_id: int
+    status: Status
+    previous_status: Status | None
+    lease: int
+    queue: str
+    parent_id: uuid.UUID | None
+    completed_at: datetime | None
+    log_id: int
+    log_context: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> StatusChange:
+        """From a row with ``changed``'s columns, ``log_id`` and ``log_context``."""
+        previous = row["previous_status"]
+        return cls(
+            execution_id=row["id"],
+            user_id=row["user_id"],
+            status=Status(row["status"]),
+            previous_status=None if previous is None else Status(previous),
+            lease=row["lease"],
+            queue=row["queue"],
+            parent_id=row["parent_id"],
+            completed_at=row["completed_at"],
+            log_id=row["log_id"],
+            log_context=row["log_context"],
+        )
+
+
+def step_log(*, source: str, message: str, context: str) -> str:
+    """``INSERT`` of a ``step_completed`` row for each row of CTE ``source`` (id, created_at)."""
+    return f"""
+        INSERT INTO agent_logs (execution_id, level, event_type, message, context)
+        SELECT id, 'info', '{EventType.STEP_COMPLETED}', {message}, {context} FROM {source}
+        RETURNING id, created_at"""

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app.executions.transitions import (
+    MOVES,
+    STATUS_EVENT_TYPES,
+    TERMINAL,
+    Status,
+    change_status,
+    status_diagram,
+)
+from tests.conftest import ROOT
+
+
+def test_readme_shows_the_state_machine_as_the_code_defines_it():
+    readme = (ROOT / "README.md").read_text()
+    shown = re.search(
+        r"<!-- status-diagram:start -->\n(.*)\n<!-- status-diagram:end -->", readme, re.S
+    )
+    assert shown is not None, "README.md lost its status diagram markers"
+    assert shown.group(1) == status_diagram(), (
+        "README.md's status diagram is out of date: paste status_diagram()'s output"
+    )
+
+
+def test_no_move_leaves_a_terminal_status_and_every_status_is_reachable():
+    for move in MOVES:
+        assert not move.sources & TERMINAL, f"{move.name} leaves a terminal status"
+    reached = {move.target for move in MOVES}
+    # ``scheduled`` has no move into it until timers exist; every other status is reachable.
+    assert set(Status) - reached == {Status.SCHEDULED}
+    assert {"status_changed", "paused", "cancelled"} <= STATUS_EVENT_TYPES
+
+
+def test_only_the_state_machine_writes_log_rows():
+    writers = [
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "app").rglob("*.py")
+        if "INSERT INTO agent_logs" in path.read_text()
+    ]
+    assert writers == ["app/executions/transitions.py"]
+
+
+def test_a_statement_refuses_moves_that_disagree_on_the_lease():
+    from app.executions.transitions import CLAIM, COMPLETE
+
+    with pytest.raises(AssertionError, match="lease"):
+        change_status([CLAIM, COMPLETE], where="e.id = :id", target="'running'")
