@@ -30,12 +30,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
+from app.executions.transitions import TERMINAL as TERMINAL_STATUSES
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 BENCH_DATABASE = "agents_bench"
 BENCH_REDIS_DB = 15
 BENCH_QUEUE = "agents-default"
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
+TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
 # --- configuration ------------------------------------------------------------------------------

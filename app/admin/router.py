@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from app.admin import repository
+from app.admin import service
 from app.admin.repository import ExecutionWithOwner
 from app.admin.schemas import (
     AdminExecution,
@@ -19,7 +19,6 @@ from app.admin.schemas import (
 from app.auth.dependencies import AdminUser
 from app.deps import SessionDep
 from app.errors import ExecutionNotFound, Forbidden, Unauthorized
-from app.executions import repository as executions_repository
 from app.executions.schemas import ChildSummary, ExecutionOut, LogEntry
 from app.executions.transitions import Status
 
@@ -62,7 +61,7 @@ async def list_executions(
     ] = None,
     page: Page = 1,
 ) -> AdminExecutionPage:
-    items, total = await repository.list_executions(
+    items, total = await service.list_executions(
         session,
         status=status,
         user_id=user_id,
@@ -88,11 +87,9 @@ async def list_executions(
 async def get_execution(
     execution_id: uuid.UUID, admin: AdminUser, session: SessionDep
 ) -> AdminExecutionDetail:
-    found = await repository.get_execution(session, execution_id)
-    if found is None:
-        raise ExecutionNotFound(f"No execution {execution_id}.")
-    logs = await executions_repository.latest_logs(session, execution_id, _LATEST_LOGS)
-    children = await executions_repository.list_children(session, execution_id)
+    found, logs, children = await service.view_execution(
+        session, execution_id, latest_logs=_LATEST_LOGS
+    )
     return AdminExecutionDetail.model_validate(
         {
             **_admin_execution(found),
@@ -118,9 +115,7 @@ async def list_execution_logs(
     event_type: Annotated[str | None, Query(max_length=50, pattern=_NAME)] = None,
     page: Page = 1,
 ) -> AdminLogPage:
-    if not await repository.execution_exists(session, execution_id):
-        raise ExecutionNotFound(f"No execution {execution_id}.")
-    items, total = await repository.list_logs(
+    items, total = await service.list_logs(
         session,
         execution_id,
         after_id=after_id,

@@ -246,6 +246,11 @@ async def get_execution(
     return execution
 
 
+async def reload_execution(session: AsyncSession, execution_id: uuid.UUID) -> Execution | None:
+    """The execution's current row, refreshing any copy the session already holds."""
+    return await session.get(Execution, execution_id, populate_existing=True)
+
+
 async def list_executions(
     session: AsyncSession, *, user_id: int, status: str | None, page: int, per_page: int
 ) -> tuple[list[Execution], int]:

@@ -86,6 +86,11 @@ async def get_any_execution(session: AsyncSession, execution_id: uuid.UUID) -> E
     return execution
 
 
+async def read_execution(session: AsyncSession, execution_id: uuid.UUID) -> Execution | None:
+    """The execution as it is now, even if the session read it before (streams re-read it)."""
+    return await repository.reload_execution(session, execution_id)
+
+
 async def list_own_executions(
     session: AsyncSession, user: User, *, status: str | None, page: int, per_page: int
 ) -> tuple[list[Execution], int]:

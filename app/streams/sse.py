@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sse_starlette.event import ServerSentEvent
 
-from app.executions import events, repository
-from app.executions.models import Execution, ExecutionLog
+from app.executions import events, service
+from app.executions.models import ExecutionLog
 from app.executions.transitions import TERMINAL
 from app.streams.hub import Hub, Published, Subscription
 
@@ -100,16 +100,17 @@ async def execution_events(
         last_id = after_id
         async with sessions() as session:
             while True:
-                execution = await session.get(Execution, execution_id, populate_existing=True)
+                execution = await service.read_execution(session, execution_id)
                 if execution is None:
                     return
-                rows = await repository.list_logs(
-                    session, execution_id, after_id=last_id, limit=REPLAY_BATCH
-                )
+                rows = await service.list_logs(
+                    session, execution, after_id=last_id, level=None, event_type=None,
+                    limit=REPLAY_BATCH,
+                )  # fmt: skip
                 if execution.status not in TERMINAL and any(map(_is_terminal_change, rows)):
                     # It ended between the two reads: its live events are among the replayed
                     # ones (and will be skipped), so take the execution as it ended.
-                    execution = await session.get(Execution, execution_id, populate_existing=True)
+                    execution = await service.read_execution(session, execution_id)
                     if execution is None:
                         return
                 if rows:
