@@ -71,7 +71,9 @@ async def test_transition_table(client, alice, db, sessions, redis, status, sign
     assert response.json() == {"status": expected, "signal": signal, "accepted": True}
     assert after.status == expected
     changed = expected != status
-    assert after.lease == before.lease + (1 if changed and signal in ("cancel", "kill") else 0)
+    # Cancel and kill fence off the worker; resume gives the next job a fresh id.
+    bumped = changed and signal in ("cancel", "kill", "resume")
+    assert after.lease == before.lease + (1 if bumped else 0)
     if signal == "kill" and changed:
         assert after.metadata_["force_killed"] is True
     if expected == "pending":  # resumed or answered: its job is queued again
@@ -304,6 +306,20 @@ async def test_cancel_racing_the_final_step_never_ends_both_ways(
         assert response.status_code == 409
         assert execution.status == "completed"
         assert "cancelled" not in events
+
+
+async def test_resume_runs_an_execution_whose_job_ran_while_it_was_paused(
+    client, alice, run_worker, sessions
+):
+    created = await start(client, alice, "steps-3")
+    assert (await control(client, alice, created["id"], "pause")).status_code == 202
+    # Its queued job runs while it is paused: it finds nothing to claim, and arq keeps its result.
+    await run_worker()
+    assert (await load(sessions, created["id"])).status == "paused"
+    assert (await control(client, alice, created["id"], "resume")).status_code == 202
+    await run_worker()
+    execution = await load(sessions, created["id"])
+    assert (execution.status, execution.step_count) == ("completed", 3)
 
 
 async def test_input_round_trip_with_an_agent_that_asks(alice, sessions, make_settings, run_worker):

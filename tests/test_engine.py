@@ -9,7 +9,7 @@ from app.config import Limits
 from app.executions.engine import run_execution
 from app.executions.jobs import job_id
 from app.executions.models import ExecutionLog, ExecutionMessage, ExecutionSignal
-from app.executions.transitions import Status
+from app.executions.transitions import COMPLETE
 from tests.conftest import scripted_type
 from tests.fixtures.api import api_client, run_to_end
 from tests.fixtures.executions import load, start, step_numbers
@@ -119,7 +119,7 @@ async def test_stale_lease_write_is_rejected(db, alice, sessions, client):
                 first_seq=0,
                 messages=[{"role": "system", "content": "x"}],
                 log_context={"step_number": 1},
-                finish_status=Status.COMPLETED,
+                finish=COMPLETE,
                 output={"response": "stale"},
             ),
         )

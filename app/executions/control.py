@@ -61,10 +61,11 @@ async def apply_signal(
     )
     if change is not None:
         effects = after_commit_effects(session, redis)
-        if signal in (Signal.CANCEL, Signal.KILL):
-            for descendant in await subagent_repository.cancel_descendants(session, execution_id):
-                effects.announce(descendant, stop=Signal.CANCEL)
         effects.announce(change, stop=signal)
+        if signal in (Signal.CANCEL, Signal.KILL):
+            # Their parents are among them: none has a parent left to wake.
+            for descendant in await subagent_repository.cancel_descendants(session, execution_id):
+                effects.announce(descendant, stop=Signal.CANCEL, wake_parent=False)
         return Outcome(change.status, signal)
     current = await repository.current_status(session, execution_id)
     if current in ALREADY_DONE.get(signal, set()):

@@ -73,16 +73,18 @@ class Effects:
         *,
         stop: Signal | None = None,
         before: Sequence[events.Event] = (),
+        wake_parent: bool = True,
     ) -> None:
         """The consequences of a status change: its event (after ``before``, in one publish); a
-        job once it is ``pending``; and once it is terminal, its parent's wake and (with
-        ``stop``) the interruption of a worker still running it."""
+        job once it is ``pending``; and once it is terminal, its parent's wake (unless
+        ``wake_parent`` is False: the parent ends too) and (with ``stop``) the interruption of
+        a worker still running it."""
         if stop is not None and change.status in TERMINAL:
             self.stop_worker(change.execution_id, stop)
         if change.status is Status.PENDING:
             self.enqueue(change.execution_id, change.lease, change.queue)
         self.publish(change.execution_id, change.user_id, *before, events.of_change(change))
-        if change.status in TERMINAL and change.parent_id is not None:
+        if wake_parent and change.status in TERMINAL and change.parent_id is not None:
             self.wake_parent(change.parent_id)
 
     async def run(self) -> None:

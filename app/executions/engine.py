@@ -28,7 +28,7 @@ from app.executions import events, subagent_repository, worker_repository
 from app.executions.children import new_children
 from app.executions.effects import Effects
 from app.executions.interrupts import RunningChunks
-from app.executions.transitions import Signal, Status
+from app.executions.transitions import ASK, COMPLETE, DELEGATE, Signal, Status
 from app.executions.worker_repository import Claim, StepCommit
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,10 @@ _LIMIT_ERRORS = {
     "max_tokens": "max_tokens_exceeded",
     "timeout": "timeout_exceeded",
 }
-# What a step that stops iteration leaves the execution as (other stops are failures).
-_PARKED_OR_DONE = {
-    "final_answer": Status.COMPLETED,
-    "awaiting_input": Status.AWAITING_INPUT,
-    "awaiting_subagents": Status.AWAITING_EVENT,
-}
+# The move a step makes when it stops iteration (other stops are failures).
+_FINISHING_MOVES = {"final_answer": COMPLETE, "awaiting_input": ASK, "awaiting_subagents": DELEGATE}
+# Stop reasons of an agent that waits for a delivery.
+_WAITING = {"awaiting_input", "awaiting_subagents"}
 
 
 class WorkerContext(TypedDict):
@@ -104,6 +102,11 @@ class ChunkRunner:
             state = AgentState.restore(self.claim.state_snapshot, self.claim.messages)
             persisted = len(self.claim.messages)
         delivered = self._deliver(agent, state)
+        if state.stop_reason in _WAITING:
+            # Woken, but what woke it committed after the claim read the deliveries: the next
+            # claim (under the new lease) sees it.
+            await self._enqueue_next_chunk()
+            return
         await self._drive(agent, state, persisted, delivered)
 
     def _deliver(self, agent: Agent, state: AgentState) -> list[int]:
@@ -138,9 +141,7 @@ class ChunkRunner:
                 if status is not Status.RUNNING:
                     return  # completed, or parked (paused, awaiting input or subagents)
                 if steps >= self.settings.limits.chunk_size:
-                    effects = self._effects()
-                    effects.enqueue(self.id, self.lease, self.claim.queue)
-                    await effects.run()
+                    await self._enqueue_next_chunk()
                     return
         finally:
             await iterator.aclose()
@@ -150,12 +151,17 @@ class ChunkRunner:
             error_type, f"stopped by the {reason} limit after {state.step_count} steps"
         )
 
+    async def _enqueue_next_chunk(self) -> None:
+        effects = self._effects()
+        effects.enqueue(self.id, self.lease, self.claim.queue)
+        await effects.run()
+
     async def _commit(
         self, record: StepRecord, persisted: int, delivered: list[int]
     ) -> tuple[int, Status]:
         """Commit the step; returns how many messages are now stored and the new status."""
         state = record.state
-        finish_status = _PARKED_OR_DONE.get(state.stop_reason or "")
+        finish = _FINISHING_MOVES.get(state.stop_reason or "")
         children = None
         if state.stop_reason == "awaiting_subagents":
             children = new_children(self.settings, state.pending_subagents)
@@ -176,11 +182,9 @@ class ChunkRunner:
                 "tool_names": record.tool_names,
                 "tokens_used": record.tokens_used,
             },
-            finish_status=finish_status,
-            output={"response": state.final_answer} if finish_status is Status.COMPLETED else None,
-            metadata={"question": state.pending_question}
-            if finish_status is Status.AWAITING_INPUT
-            else None,
+            finish=finish,
+            output={"response": state.final_answer} if finish is COMPLETE else None,
+            metadata={"question": state.pending_question} if finish is ASK else None,
             children=children,
             delivered=delivered or None,
         )
@@ -209,9 +213,9 @@ class ChunkRunner:
                 raise LeaseLost
             orphans = await subagent_repository.cancel_descendants(conn, self.id)
         effects = self._effects()
-        for orphan in orphans:
-            effects.announce(orphan, stop=Signal.CANCEL)
         effects.announce(failed)
+        for orphan in orphans:
+            effects.announce(orphan, stop=Signal.CANCEL, wake_parent=False)
         await effects.run()
 
     async def fail_from(self, exc: BaseException) -> None:

@@ -75,6 +75,7 @@ async def sweep(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> SweepRe
         effects.enqueue(stale.id, stale.lease, stale.queue, suffix=_recovery_job(attempt))
         report.recovered += 1
         log.warning("recovering execution %s (attempt %s)", stale.id, attempt)
+    await effects.run()
     async with db.connect() as conn:
         waiting = await subagent_repository.waiting_parents(conn)
     for parent_id in waiting:

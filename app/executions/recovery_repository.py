@@ -9,7 +9,7 @@ from sqlalchemy import Float, Integer, bindparam, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.executions.transitions import ABANDON, StatusChange, change_status
+from app.executions.transitions import ABANDON, StatusChange, StatusLog, change_status
 
 _STALE_RUNNING = text(
     """
@@ -40,7 +40,7 @@ _ABANDON = text(
         where="e.id = :id AND e.lease = :lease AND e.recovery_count = :seen",
         sets="""error = '{"type": "worker_lost",
                           "message": "the workers running it stopped responding"}'::jsonb""",
-        message="'Failed: worker lost'",
+        log=StatusLog(message="'Failed: worker lost'"),
     )
 ).bindparams(
     bindparam("id", type_=UUID(as_uuid=True)),

@@ -23,10 +23,12 @@ from app.executions.transitions import (
     PAUSE_AT_STEP,
     RESUME,
     TERMINAL,
+    TERMINAL_SQL,
     Move,
     Signal,
     Status,
     StatusChange,
+    StatusLog,
     change_status,
     creation_log,
 )
@@ -62,18 +64,23 @@ def _signal_row(*, delivers: bool) -> str:
 
 
 def _control(move: Move, *, sets: str = "", delivers: bool = False) -> TextClause:
+    # A pause requested earlier is void once the execution moves (a terminal move closes
+    # every open signal by itself); a delivery stays for the worker.
     superseded = """superseded AS (
         UPDATE agent_signals SET processed = true, processed_at = now()
         WHERE execution_id = :id AND NOT processed AND signal_type = 'pause'
           AND EXISTS (SELECT 1 FROM changed)
     )"""
+    after = [_signal_row(delivers=delivers)]
+    if move.target not in TERMINAL:
+        after.insert(0, superseded)
     return text(
         change_status(
             [move],
             where="e.id = :id",
             sets=sets,
-            after=[superseded, _signal_row(delivers=delivers)],
-            context="jsonb_build_object('by', CAST(:user_id AS bigint))",
+            after=after,
+            log=StatusLog(context="jsonb_build_object('by', :user_id)"),
         )
     ).bindparams(
         bindparam("id", type_=UUID(as_uuid=True)),
@@ -82,15 +89,8 @@ def _control(move: Move, *, sets: str = "", delivers: bool = False) -> TextClaus
     )
 
 
-# The moves a control request makes at once (a pause of a running execution is a request the
-# worker carries out: PAUSE_AT_STEP).
-CONTROL_MOVES: dict[Signal, Move] = {
-    Signal.PAUSE: PAUSE,
-    Signal.RESUME: RESUME,
-    Signal.CANCEL: CANCEL,
-    Signal.KILL: KILL,
-    Signal.INPUT: ANSWER,
-}
+# The move each control request makes at once; a pause of a running execution is instead a
+# request the worker carries out (PAUSE_AT_STEP).
 _CONTROL: dict[Signal, TextClause] = {
     Signal.PAUSE: _control(PAUSE),
     Signal.RESUME: _control(RESUME),
@@ -120,8 +120,7 @@ _STARTS_LOCK_NAMESPACE = 0x61676E74
 _LOCK_STARTS = text("SELECT pg_advisory_xact_lock(:namespace, :key)")
 _START_USAGE = text(
     f"""
-    SELECT count(*) FILTER (WHERE status NOT IN ({", ".join(f"'{s}'" for s in sorted(TERMINAL))}))
-               AS active,
+    SELECT count(*) FILTER (WHERE status NOT IN ({TERMINAL_SQL})) AS active,
            count(*) FILTER (WHERE created_at > :since) AS started,
            min(created_at) FILTER (WHERE created_at > :since) AS oldest
     FROM agent_executions

@@ -13,15 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.executions.transitions import (
     CANCEL_WITH_PARENT,
-    TERMINAL,
+    TERMINAL_SQL,
     WAKE,
     Signal,
     Status,
     StatusChange,
+    StatusLog,
     change_status,
 )
-
-_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL))
 
 _LOCK_PARENT = text("SELECT status FROM agent_executions WHERE id = :id FOR UPDATE").bindparams(
     bindparam("id", type_=UUID(as_uuid=True))
@@ -61,8 +60,9 @@ _CANCEL_DESCENDANTS = text(
             )"""
         ],
         where="e.id IN (SELECT id FROM tree)",
-        message="'Cancelled with its parent'",
-        context="""'{"reason": "parent"}'::jsonb""",
+        log=StatusLog(
+            message="'Cancelled with its parent'", context="""'{"reason": "parent"}'::jsonb"""
+        ),
     )
 ).bindparams(bindparam("id", type_=UUID(as_uuid=True)))
 
@@ -72,7 +72,7 @@ _WAITING_PARENTS = text(
     WHERE p.status = 'awaiting_event' AND p.wait ? 'children'
       AND NOT EXISTS (
           SELECT 1 FROM agent_executions c
-          WHERE c.parent_id = p.id AND c.status NOT IN ({_TERMINAL_SQL}))
+          WHERE c.parent_id = p.id AND c.status NOT IN ({TERMINAL_SQL}))
     LIMIT 500
     """
 )

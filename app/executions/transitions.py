@@ -88,7 +88,8 @@ class Move:
     target: Status
     event_type: EventType = EventType.STATUS_CHANGED
     level: Level = "info"
-    # A new lease fences off any worker still running the execution: it can never write again.
+    # A new lease: a worker still holding the old one can never write again, and the next job
+    # has a fresh id (an old job's kept result cannot block it).
     bumps_lease: bool = False
 
 
@@ -114,7 +115,7 @@ PARK_AT_CLAIM = _move("pause at claim", A.WORKER, (S.PENDING, S.RUNNING), S.PAUS
                       bumps_lease=True)  # a pause requested between chunks
 PAUSE = _move("pause", A.CLIENT, (S.PENDING, S.SCHEDULED), S.PAUSED, E.PAUSED)
 PAUSE_AT_STEP = _move("pause at step", A.WORKER, (S.RUNNING,), S.PAUSED, E.PAUSED)
-RESUME = _move("resume", A.CLIENT, (S.PAUSED,), S.PENDING, E.RESUMED)
+RESUME = _move("resume", A.CLIENT, (S.PAUSED,), S.PENDING, E.RESUMED, bumps_lease=True)
 CANCEL = _move("cancel", A.CLIENT, UNFINISHED, S.CANCELLED, E.CANCELLED, bumps_lease=True)
 KILL = _move("kill", A.CLIENT, UNFINISHED, S.CANCELLED, E.FORCE_KILLED, bumps_lease=True)
 ANSWER = _move("answer", A.CLIENT, (S.AWAITING_INPUT,), S.PENDING, E.INPUT_RECEIVED)
@@ -174,13 +175,16 @@ def _quoted(values: Iterable[str]) -> str:
     return ", ".join(f"'{value}'" for value in sorted(values))
 
 
-def _by_target(moves: Sequence[Move], attribute: str, column: str = "status") -> str:
-    """SQL for ``attribute`` of the move that reached the ``status`` a row now has."""
-    values = {move.target: getattr(move, attribute) for move in moves}
+TERMINAL_SQL = _quoted(TERMINAL)
+
+
+def _by_move(moves: Sequence[Move], attribute: str, move: str = "move") -> str:
+    """SQL for ``attribute`` of the move named by the SQL ``move``."""
+    values = {m.name: str(getattr(m, attribute)) for m in moves}
     if len(set(values.values())) == 1:
         return f"'{next(iter(values.values()))}'"
-    cases = " ".join(f"WHEN '{target}' THEN '{value}'" for target, value in values.items())
-    return f"CASE {column} {cases} END"
+    cases = " ".join(f"WHEN '{name}' THEN '{value}'" for name, value in values.items())
+    return f"CASE {move} {cases} END"
 
 
 def status_log(
@@ -190,21 +194,24 @@ def status_log(
     previous: str = "previous_status",
     message: str = "'Status changed to ' || status",
     context: str | None = None,
+    only_if: str | None = None,
 ) -> str:
     """``INSERT`` of the status log row of every row of CTE ``source`` whose status changed.
 
-    ``source`` returns ``id``, ``status``, ``step_count`` and ``token_usage``; ``previous`` is
+    ``source`` returns ``id``, ``status``, ``step_count``, ``token_usage`` and, when there are
+    several ``moves``, ``move`` (the name of the move each row made); ``previous`` is
     SQL for the status before (a column of ``source``, or ``NULL`` for a new execution);
-    ``context`` is SQL for a jsonb object merged into the row's context. Returns ``id``,
+    ``context`` is SQL for a jsonb object merged into the row's context; ``only_if`` a further
+    condition (an ``EXISTS`` on another CTE makes that CTE write first). Returns ``id``,
     ``execution_id`` and ``context`` of each row written.
     """
     extra = f" || {context}" if context else ""
     return f"""
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
-        SELECT id, {_by_target(moves, "level")}, {_by_target(moves, "event_type")}, {message},
+        SELECT id, {_by_move(moves, "level")}, {_by_move(moves, "event_type")}, {message},
                jsonb_build_object('from', {previous}, 'to', status, 'step_count', step_count,
                                   'token_usage', token_usage){extra}
-        FROM {source} WHERE {previous} IS DISTINCT FROM status
+        FROM {source} WHERE {previous} IS DISTINCT FROM status{f" AND {only_if}" if only_if else ""}
         RETURNING id, execution_id, context"""
 
 
@@ -221,8 +228,7 @@ def _status_assignments(target: str, worker: str, *, bumps_lease: bool) -> list[
         f"status = {target}",
         "updated_at = now()",
         f"paused_at = CASE WHEN {target} = 'paused' THEN now() ELSE e.paused_at END",
-        f"completed_at = CASE WHEN {target} IN ({_quoted(TERMINAL)}) THEN now() "
-        "ELSE e.completed_at END",
+        f"completed_at = CASE WHEN {target} IN ({TERMINAL_SQL}) THEN now() ELSE e.completed_at END",
         f"worker_id = CASE WHEN {target} = 'running' THEN {worker} END",
     ]
     if bumps_lease:
@@ -234,36 +240,35 @@ def change_status(
     moves: Sequence[Move],
     *,
     where: str,
-    target: str | None = None,
+    choose: str | None = None,
     sets: str = "",
     before: Sequence[str] = (),
     after: Sequence[str] = (),
     returning: str = "",
     worker: str = "e.worker_id",
-    message: str = "'Status changed to ' || status",
-    context: str | None = None,
+    log: StatusLog | None = None,
     recursive: bool = False,
     select: str = "SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context "
     "FROM changed LEFT JOIN status_log ON status_log.execution_id = changed.id",
 ) -> str:
     """One statement that makes one of ``moves`` on the rows ``where`` selects, and logs it.
 
-    Only rows in a source status of the moves change. With several moves, ``target`` is SQL
-    choosing the target status (a row whose status stays the same changes nothing else about
-    its status and gets no log row). The CTE ``changed`` returns ``id``, ``user_id``,
-    ``status``, ``previous_status``, ``lease``, ``queue``, ``parent_id``, ``step_count``,
-    ``token_usage``, ``completed_at`` and ``returning``; ``status_log`` the rows written.
-    ``before`` and ``after`` are further CTEs (``name AS (...)``) around ``changed``; ``sets``
-    further assignments (the table is ``e``); ``worker`` SQL for ``worker_id`` when the target
-    is ``running``; ``recursive`` when a ``before`` CTE is recursive; ``select`` the
-    statement's result.
+    Only rows in a source status of the moves change. With several moves, ``choose`` is SQL
+    naming the move a row makes (NULL: none, its status stays; a row whose status stays gets no
+    log row). The CTE ``changed`` returns ``id``, ``user_id``, ``status``, ``lease``,
+    ``queue``, ``parent_id``, ``wait``, ``step_count``, ``token_usage``, ``completed_at`` and
+    ``returning``; ``status_log`` the log rows written. ``before`` and ``after`` are further
+    CTEs (``name AS (...)``) around ``changed``; ``sets`` further assignments (the table is
+    ``e``); ``worker`` SQL for ``worker_id`` when the target is ``running``; ``recursive``
+    when a ``before`` CTE is recursive; ``select`` the statement's result.
+    A move to a terminal status also closes every signal the execution still had open.
     """
-    targets = {move.target for move in moves}
-    assert len(targets) == len(moves), "one move per target status in a statement"
     assert len({move.bumps_lease for move in moves}) == 1, "the moves must agree on the lease"
+    assert choose or len(moves) == 1, "several moves need SQL choosing between them"
+    choose = choose or f"'{moves[0].name}'"
+    cases = " ".join(f"WHEN '{move.name}' THEN '{move.target}'" for move in moves)
+    target = f"(CASE {choose} {cases} ELSE e.status END)"
     sources = frozenset().union(*(move.sources for move in moves))
-    target_sql = target or f"'{moves[0].target}'"
-    assert target or len(moves) == 1, "several moves need SQL choosing the target"
     if len(sources) == 1:
         locked, joined, previous = [], "", f"'{next(iter(sources))}'::varchar"
     else:
@@ -272,7 +277,7 @@ def change_status(
             f"previous AS (SELECT id, status FROM agent_executions e WHERE {where} FOR UPDATE)"
         ]
         joined, previous = "FROM previous", "previous.status"
-    assignments = _status_assignments(target_sql, worker, bumps_lease=moves[0].bumps_lease)
+    assignments = _status_assignments(target, worker, bumps_lease=moves[0].bumps_lease)
     if sets:
         assignments.append(sets)
     identity = "e.id = previous.id" if joined else where
@@ -280,13 +285,34 @@ def change_status(
         UPDATE agent_executions e SET {", ".join(assignments)}
         {joined}
         WHERE {identity} AND e.status IN ({_quoted(sources)})
-        RETURNING e.id, e.user_id, e.status, {previous} AS previous_status, e.lease, e.queue,
-                  e.parent_id, e.step_count, e.token_usage, e.completed_at
-                  {", " + returning if returning else ""}
+        RETURNING e.id, e.user_id, e.status, {previous} AS previous_status, {choose} AS move,
+                  e.lease, e.queue, e.parent_id, e.wait, e.step_count, e.token_usage,
+                  e.completed_at{", " + returning if returning else ""}
     )"""
-    log = status_log(moves, source="changed", message=message, context=context)
-    ctes = [*before, *locked, changed, *after, f"status_log AS ({log})"]
+    if all(move.target in TERMINAL for move in moves):
+        after = [*after, _CLOSE_SIGNALS]
+    log = log or StatusLog()
+    logged = status_log(
+        moves, source="changed", message=log.message, context=log.context, only_if=log.only_if
+    )
+    ctes = [*before, *locked, changed, *after, f"status_log AS ({logged})"]
     return ("WITH RECURSIVE " if recursive else "WITH ") + ",\n".join(ctes) + "\n" + select
+
+
+_CLOSE_SIGNALS = """closed_signals AS (
+    UPDATE agent_signals SET processed = true, processed_at = now()
+    WHERE execution_id IN (SELECT id FROM changed) AND NOT processed
+)"""
+
+
+@dataclass(frozen=True)
+class StatusLog:
+    """How a statement's status log rows read: ``message`` and ``context`` (SQL, see
+    :func:`status_log`) and ``only_if``, a further condition for writing them."""
+
+    message: str = "'Status changed to ' || status"
+    context: str | None = None
+    only_if: str | None = None
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -299,10 +325,10 @@ class StatusChange:
     execution_id: uuid.UUID
     user_id: int
     status: Status
-    previous_status: Status | None
     lease: int
     queue: str
     parent_id: uuid.UUID | None
+    wait: dict[str, Any] | None
     completed_at: datetime | None
     log_id: int
     log_context: dict[str, Any]
@@ -310,15 +336,14 @@ class StatusChange:
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> StatusChange:
         """From a row with ``changed``'s columns, ``log_id`` and ``log_context``."""
-        previous = row["previous_status"]
         return cls(
             execution_id=row["id"],
             user_id=row["user_id"],
             status=Status(row["status"]),
-            previous_status=None if previous is None else Status(previous),
             lease=row["lease"],
             queue=row["queue"],
             parent_id=row["parent_id"],
+            wait=row["wait"],
             completed_at=row["completed_at"],
             log_id=row["log_id"],
             log_context=row["log_context"],

@@ -26,9 +26,11 @@ from app.executions.transitions import (
     PARK_AT_CLAIM,
     PAUSE_AT_STEP,
     SPAWN,
+    Move,
     Signal,
     Status,
     StatusChange,
+    StatusLog,
     change_status,
     creation_log,
     step_log,
@@ -42,7 +44,6 @@ _CONSUME_PAUSE = """consumed AS (
     UPDATE agent_signals SET processed = true, processed_at = now()
     WHERE id IN (SELECT id FROM pause) AND EXISTS (SELECT 1 FROM changed)
 )"""
-_PAUSED_OR = "CASE WHEN EXISTS (SELECT 1 FROM pause) THEN 'paused' ELSE '{}' END"
 
 # A pause requested while no step was running (between chunks) takes effect at the claim: the
 # execution parks instead of running. Deliveries stay unprocessed until the first step that
@@ -51,14 +52,15 @@ _CLAIM = RawStatement.compile(
     change_status(
         [CLAIM, PARK_AT_CLAIM],
         where="e.id = :id AND e.lease = :lease",
-        target=_PAUSED_OR.format(Status.RUNNING),
+        choose=f"CASE WHEN EXISTS (SELECT 1 FROM pause) THEN '{PARK_AT_CLAIM.name}' "
+        f"ELSE '{CLAIM.name}' END",
         worker=":worker_id",
         sets="heartbeat_at = now(), started_at = coalesce(e.started_at, now()), "
         "chunk_count = e.chunk_count + 1",
         before=[_PAUSE_REQUEST],
         after=[_CONSUME_PAUSE],
         returning="e.agent_type, e.input, e.state_snapshot, e.chunk_count, e.depth",
-        context="jsonb_build_object('worker', :worker_id::text)",
+        log=StatusLog(context="jsonb_build_object('worker', :worker_id::text)"),
         select=f"""
         SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context,
                (SELECT coalesce(jsonb_agg(m.message ORDER BY m.seq), '[]'::jsonb)
@@ -80,7 +82,8 @@ _COMMIT_STEP = RawStatement.compile(
     change_status(
         [PAUSE_AT_STEP, COMPLETE, ASK, DELEGATE],
         where="e.id = :id AND e.lease = :lease",
-        target=f"coalesce(:finish_status::varchar, {_PAUSED_OR.format(Status.RUNNING)})",
+        choose="coalesce(:finish_move::varchar, "
+        f"CASE WHEN EXISTS (SELECT 1 FROM pause) THEN '{PAUSE_AT_STEP.name}' END)",
         sets="""step_count = :step_count, token_usage = :token_usage, usage = :usage::jsonb,
             state_snapshot = :snapshot::jsonb, heartbeat_at = now(),
             output = coalesce(:output::jsonb, e.output),
@@ -121,6 +124,8 @@ _COMMIT_STEP = RawStatement.compile(
             + step_log(source="changed", message=":log_message", context=":log_context::jsonb")
             + ")",
         ],
+        # The step's row is written before the status row, so its id (the event id) is lower.
+        log=StatusLog(only_if="EXISTS (SELECT 1 FROM step_log)"),
         select="""
         SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context,
                step_log.id AS step_log_id, step_log.created_at AS step_created_at
@@ -133,8 +138,7 @@ _FAIL = RawStatement.compile(
         [FAIL],
         where="e.id = :id AND e.lease = :lease",
         sets="error = :error::jsonb",
-        message=":message",
-        context="jsonb_build_object('error', :error::jsonb)",
+        log=StatusLog(message=":message", context="jsonb_build_object('error', :error::jsonb)"),
     )
 )
 
@@ -172,10 +176,7 @@ class Claim:
     deliveries: list[Delivery]
     lease: int
     chunk_count: int
-    step_count: int
-    token_usage: int
     status: Status
-    parent_id: uuid.UUID | None
     depth: int
     change: StatusChange | None  # set when the claim changed the status
 
@@ -192,9 +193,9 @@ class NewChild:
 
 @dataclass(frozen=True, slots=True)
 class StepCommit:
-    """Everything one step writes. ``finish_status`` ends or parks the execution: completed
-    (with ``output``), awaiting_input (merging ``metadata``), or awaiting_event while the
-    ``children`` it creates run. ``delivered`` are the deliveries the step has consumed."""
+    """Everything one step writes. ``finish`` ends or parks the execution: COMPLETE (with
+    ``output``), ASK (merging ``metadata``), or DELEGATE to the ``children`` it creates.
+    ``delivered`` are the deliveries the step has consumed."""
 
     execution_id: uuid.UUID
     lease: int
@@ -204,7 +205,7 @@ class StepCommit:
     first_seq: int
     messages: list[dict[str, Any]]
     log_context: dict[str, Any]
-    finish_status: Status | None = None
+    finish: Move | None = None
     output: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     children: list[NewChild] | None = None
@@ -228,7 +229,7 @@ class StepCommit:
             "token_usage": self.usage["input_tokens"] + self.usage["output_tokens"],
             "usage": json_serializer(self.usage),
             "snapshot": json_serializer(self.snapshot),
-            "finish_status": self.finish_status,
+            "finish_move": None if self.finish is None else self.finish.name,
             "output": encoded(self.output),
             "first_seq": self.first_seq,
             "messages": json_serializer(self.messages),
@@ -270,10 +271,7 @@ async def claim_execution(
         ],
         lease=row["lease"],
         chunk_count=row["chunk_count"],
-        step_count=row["step_count"],
-        token_usage=row["token_usage"],
         status=Status(row["status"]),
-        parent_id=row["parent_id"],
         depth=row["depth"],
         change=None if row["log_id"] is None else StatusChange.from_row(row),
     )
