@@ -5,6 +5,7 @@ TOML file (``AGENTS_CONFIG_FILE``) over the defaults below and the built-in agen
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -57,6 +58,34 @@ class Timeouts(_Section):
     default: PositiveFloat = 600
     long: PositiveFloat = 1800
     max_event_wait: PositiveFloat = 1800
+
+
+class EventSettings(_Section):
+    """Events nobody waits for are stored; a wait that starts at most ``buffer_seconds`` after
+    one arrived consumes it (0: a wait only sees events that arrive after it started)."""
+
+    buffer_seconds: float = Field(default=0, ge=0)
+
+
+JSON_POINTER = r"^(/([^~/]|~[01])*)*$"
+
+
+class WebhookEndpoint(_Section):
+    """``POST /webhooks/NAME``: a signed webhook that delivers an event or starts an agent."""
+
+    secret_env: str = Field(min_length=1, description="the variable holding the secret(s)")
+    user: str = Field(min_length=3, description="the email of the account it acts for")
+    action: Literal["event", "start"]
+    signature: Literal["standard", "github"] = "standard"
+    agent_type: str | None = None
+    prompt_pointer: str = Field(default="/prompt", pattern=JSON_POINTER)
+    max_body_bytes: PositiveInt = 1_000_000
+
+    @model_validator(mode="after")
+    def _start_needs_a_type(self) -> WebhookEndpoint:
+        if self.action == "start" and not self.agent_type:
+            raise ValueError("a webhook with action = 'start' needs an agent_type")
+        return self
 
 
 class Limits(_Section):
@@ -139,8 +168,11 @@ class Settings(BaseSettings):
     worker: WorkerTuning = Field(default_factory=WorkerTuning)
     agent_types: dict[str, AgentTypeSpec] = Field(default_factory=dict)
     subagents: dict[str, AgentTypeSpec] = Field(default_factory=dict)
+    events: EventSettings = Field(default_factory=EventSettings)
+    webhooks: dict[str, WebhookEndpoint] = Field(default_factory=dict)
     # Private, so secrets stay out of repr() and model_dump().
     _provider_keys: dict[str, str] = PrivateAttr(default_factory=dict)
+    _webhook_secrets: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
 
     @field_validator("tiers", "agent_types", "subagents", mode="before")
     @classmethod
@@ -175,6 +207,22 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_webhooks(self) -> Settings:
+        """Every endpoint names a known agent type and has its secrets (read once, kept private;
+        a comma-separated value holds several, so a secret can rotate)."""
+        for name, endpoint in self.webhooks.items():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,99}", name):
+                raise ValueError(f"webhook name {name!r}: use a-z, 0-9, '-' and '_'")
+            if endpoint.agent_type and endpoint.agent_type not in self.agent_types:
+                raise ValueError(f"webhook {name!r}: no agent type {endpoint.agent_type!r}")
+            raw = os.environ.get(endpoint.secret_env, "")
+            secrets = tuple(part.strip() for part in raw.split(",") if part.strip())
+            if not secrets:
+                raise ValueError(f"webhook {name!r}: {endpoint.secret_env} is not set")
+            self._webhook_secrets[name] = secrets
+        return self
+
+    @model_validator(mode="after")
     def _read_provider_keys(self) -> Settings:
         names = {spec.api_key_env for spec in self._all_specs() if spec.api_key_env}
         self._provider_keys = {name: os.environ[name] for name in names if os.environ.get(name)}
@@ -189,6 +237,8 @@ class Settings(BaseSettings):
             if "timeout" not in spec.model_fields_set:
                 is_long = spec.queue == self.queues.long
                 update["timeout"] = self.timeouts.long if is_long else self.timeouts.default
+            if "max_event_wait" not in spec.model_fields_set:
+                update["max_event_wait"] = self.timeouts.max_event_wait
             specs[name] = spec.model_copy(update=update)
 
     @classmethod
@@ -214,6 +264,10 @@ class Settings(BaseSettings):
         subagents): read from the environment once, when the settings were built; unset or empty
         variables are left out."""
         return MappingProxyType(self._provider_keys)
+
+    def webhook_secrets(self, name: str) -> tuple[str, ...]:
+        """The secrets a webhook endpoint's signatures may be made with."""
+        return self._webhook_secrets.get(name, ())
 
     def service_urls(self) -> tuple[str, str]:
         """The database and Redis URLs; :class:`ServicesNotConfigured` names any not set."""

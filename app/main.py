@@ -14,6 +14,7 @@ from app.config import Settings
 from app.dashboard.router import router as dashboard_router
 from app.db import create_engine, session_factory
 from app.errors import install_error_handlers
+from app.events.router import router as events_router
 from app.executions.router import router as executions_router
 from app.redis import arq_pool
 from app.streams.hub import Hub
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(auth_router)
     app.include_router(executions_router)
+    app.include_router(events_router)
     app.include_router(admin_router)
     app.include_router(streams_router)
     app.include_router(dashboard_router)

@@ -2,14 +2,17 @@
 
 from app.auth.models import ApiToken, User
 from app.db import Base
+from app.events.models import Event, WebhookMessage
 from app.executions.models import Execution, ExecutionLog, ExecutionMessage, ExecutionSignal
 
 __all__ = [
     "ApiToken",
     "Base",
+    "Event",
     "Execution",
     "ExecutionLog",
     "ExecutionMessage",
     "ExecutionSignal",
     "User",
+    "WebhookMessage",
 ]

@@ -23,7 +23,10 @@ from tests.fixtures.users import Account, make_account
 from workers.runner import WorkerGroup
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = "agent_signals, agent_logs, agent_messages, agent_executions, api_tokens, users"
+TABLES = (
+    "webhook_messages, agent_events, agent_signals, agent_logs, agent_messages, agent_executions, "
+    "api_tokens, users"
+)
 
 
 def alembic_config(connection: Any = None) -> Config:

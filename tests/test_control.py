@@ -22,7 +22,7 @@ STATUSES = [
 
 # (signal, from status) -> status after, for accepted requests; anything else is a 409.
 ACCEPTED = {
-    **{("pause", s): "paused" for s in ("pending", "scheduled", "paused")},
+    **{("pause", s): "paused" for s in ("pending", "scheduled", "awaiting_event", "paused")},
     ("pause", "running"): "running",  # deferred to the next step boundary
     ("resume", "paused"): "pending",
     **{(sig, s): "cancelled" for sig in ("cancel", "kill") for s in STATUSES[:6] + ["cancelled"]},

@@ -16,6 +16,8 @@ TABLES = {
     "agent_messages",
     "agent_logs",
     "agent_signals",
+    "agent_events",
+    "webhook_messages",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import cast
 
 from arq import cron
@@ -10,8 +11,9 @@ from arq.cron import CronJob
 from arq.typing import WorkerCoroutine
 from arq.worker import Function, func
 
+from app.events.service import expire_wait
 from app.executions.engine import WorkerContext, run_execution
-from app.executions.jobs import RUN_EXECUTION
+from app.executions.jobs import EXPIRE_WAIT, RUN_EXECUTION
 from app.executions.recovery import sweep
 
 log = logging.getLogger(__name__)
@@ -19,9 +21,15 @@ log = logging.getLogger(__name__)
 
 async def sweep_executions(ctx: WorkerContext) -> dict[str, int]:
     report = await sweep(ctx["db"], ctx["redis"], ctx["settings"])
-    if report.recovered or report.failed or report.requeued or report.woken:
+    if any(report.__dict__.values()):
         log.info("sweep: %s", report)
     return report.__dict__
+
+
+async def expire_event_wait(ctx: WorkerContext, execution_id: str) -> str:
+    """The timer of a wait: ends it if its deadline has passed."""
+    expired = await expire_wait(ctx["db"], ctx["redis"], ctx["settings"], uuid.UUID(execution_id))
+    return "expired" if expired else "not due"
 
 
 def functions(job_timeout: float) -> list[Function]:
@@ -34,7 +42,8 @@ def functions(job_timeout: float) -> list[Function]:
             timeout=job_timeout,
             keep_result=3600,
             max_tries=3,
-        )
+        ),
+        func(cast(WorkerCoroutine, expire_event_wait), name=EXPIRE_WAIT, max_tries=3),
     ]
 
 

@@ -9,8 +9,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.agents.drivers.base import Driver, ModelResponse
+from app.agents.event_tools import describe_outcome
 from app.agents.spec import AgentTypeSpec
-from app.agents.state import AgentState, Message, StopReason, SubagentResult, ToolCall
+from app.agents.state import (
+    AgentState,
+    EventOutcome,
+    Message,
+    StopReason,
+    SubagentResult,
+    ToolCall,
+)
 from app.agents.subagents import results_message
 from app.agents.task_tools import render_plan
 from app.agents.tools import Tool, ToolContext
@@ -110,6 +118,32 @@ class Agent:
         state.stop_reason = None
         return message
 
+    def receive_event(self, state: AgentState, outcome: EventOutcome) -> Message:
+        """End the wait for an event: the outcome becomes the result of the ``wait_for_event``
+        call (or, for an agent that has not run yet because its execution started waiting,
+        joins its prompt). Returns the message, for the caller to persist.
+
+        Raises ValueError when ``state`` waits for no event and has already run.
+        """
+        wait = state.pending_event
+        if state.stop_reason == "awaiting_event" and wait is not None:
+            message = Message(
+                role="tool",
+                content=describe_outcome(outcome, wait.timeout_seconds),
+                tool_call_id=wait.tool_call_id,
+                name="wait_for_event",
+            )
+            state.messages.append(message)
+            state.pending_event = None
+            state.stop_reason = None
+            return message
+        if state.step_count == 0 and state.stop_reason is None and state.messages:
+            prompt = state.messages[-1]
+            content = f"{prompt.content or ''}\n\n{describe_outcome(outcome)}".strip()
+            state.messages[-1] = prompt.model_copy(update={"content": content})
+            return state.messages[-1]
+        raise ValueError(f"the agent is not waiting for an event ({state.stop_reason})")
+
     def _limit_reached(self, state: AgentState) -> StopReason | None:
         if state.step_count >= self.spec.max_steps:
             return "max_steps"
@@ -127,9 +161,7 @@ class Agent:
         try:
             async with asyncio.timeout(self.spec.timeout - state.elapsed_seconds) as limit:
                 response = await self.driver.complete(self._conversation(state), self._tool_specs)
-                results = [
-                    await self._run_tool(call, context) for call in response.message.tool_calls
-                ]
+                results = await self._run_tools(response.message.tool_calls, context)
         except TimeoutError:
             if not limit.expired():
                 raise  # a TimeoutError of the driver or a tool, not the step's deadline
@@ -156,6 +188,9 @@ class Agent:
         elif context.subagent_tasks:
             state.pending_subagents = context.subagent_tasks
             state.stop_reason = "awaiting_subagents"
+        elif context.event_wait:
+            state.pending_event = context.event_wait
+            state.stop_reason = "awaiting_event"
         return StepRecord(
             number=state.step_count,
             kind="tool_calls" if message.tool_calls else "final",
@@ -183,6 +218,31 @@ class Agent:
         else:
             messages.insert(0, Message(role="system", content=plan))
         return messages
+
+    async def _run_tools(self, calls: list[ToolCall], context: ToolContext) -> list[Message]:
+        """The tool messages answering ``calls``, in order; a ``wait_for_event`` call that
+        starts a wait gets none now (the event becomes its result)."""
+        results = []
+        for call in calls:
+            waiting = context.event_wait
+            result = await self._run_tool(call, context)
+            if context.event_wait is not None and context.event_wait is not waiting:
+                context.event_wait.tool_call_id = call.id
+                continue
+            results.append(result)
+        wait = context.event_wait
+        if wait is not None and (context.questions or context.subagent_tasks):
+            context.event_wait = None
+            results.append(
+                Message(
+                    role="tool",
+                    content="error: wait_for_event cannot be combined with ask_user or "
+                    "spawn_subagents in one turn; call it again on its own",
+                    tool_call_id=wait.tool_call_id,
+                    name="wait_for_event",
+                )
+            )
+        return results
 
     async def _run_tool(self, call: ToolCall, context: ToolContext) -> Message:
         """The tool message answering ``call``; failures become an ``error: ...`` content."""

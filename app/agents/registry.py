@@ -19,6 +19,7 @@ from app.agents.drivers.base import Driver
 from app.agents.drivers.openai import OpenAIChatDriver
 from app.agents.drivers.scripted import ScriptedDriver
 from app.agents.errors import MissingApiKey
+from app.agents.event_tools import WaitForEvent
 from app.agents.file_tools import file_tools
 from app.agents.spec import AgentTypeSpec
 from app.agents.subagents import SpawnSubagents
@@ -49,8 +50,9 @@ def build_agent(
 
     ``workspace`` is created if absent. Tools follow the capabilities: ``files`` (read_file,
     write_file, edit_file, list_files, search_files), ``bash``, ``tasks`` (task_plan) and
-    ``ask_user`` and ``subagents`` (spawn_subagents, offering the ``subagents`` specs that
-    ``spec.subagents`` names; ``depth`` is this agent's nesting depth).
+    ``ask_user``, ``subagents`` (spawn_subagents, offering the ``subagents`` specs that
+    ``spec.subagents`` names; ``depth`` is this agent's nesting depth) and ``events``
+    (wait_for_event).
     """
     driver: Driver
     if spec.provider == "scripted":
@@ -80,6 +82,8 @@ def build_agent(
         known = subagents or {}
         available = {name: known[name].description for name in spec.subagents if name in known}
         tools.append(SpawnSubagents(available, depth=depth, max_depth=spec.max_depth))
+    if "events" in spec.capabilities:
+        tools.append(WaitForEvent(spec.max_event_wait))
     return Agent(spec, driver, tools)
 
 

@@ -15,7 +15,7 @@ from pydantic import (
 )
 
 Provider = Literal["openai", "anthropic", "scripted"]
-Capability = Literal["bash", "files", "tasks", "ask_user", "subagents"]
+Capability = Literal["bash", "files", "tasks", "ask_user", "subagents", "events"]
 
 
 class ScriptedToolCall(BaseModel):
@@ -67,6 +67,9 @@ class AgentTypeSpec(BaseModel):
     subagents: list[str] = Field(default_factory=list)
     max_depth: int = Field(default=3, ge=0)
     summary_max_chars: PositiveInt = 12_000
+    # The longest an execution of this type waits for an event (``wait_for_event``'s default
+    # and ceiling); unset, ``timeouts.max_event_wait``.
+    max_event_wait: PositiveFloat = 1800.0
 
     @model_validator(mode="before")
     @classmethod

@@ -8,7 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["system", "user", "assistant", "tool"]
 StopReason = Literal[
-    "final_answer", "max_steps", "max_tokens", "timeout", "awaiting_input", "awaiting_subagents"
+    "final_answer",
+    "max_steps",
+    "max_tokens",
+    "timeout",
+    "awaiting_input",
+    "awaiting_subagents",
+    "awaiting_event",
 ]
 TaskStatus = Literal["pending", "in_progress", "done"]
 
@@ -76,6 +82,29 @@ class SubagentTask(BaseModel):
     prompt: str
 
 
+class EventWait(BaseModel):
+    """An event the agent waits for (``wait_for_event``): its type, optionally a key it must
+    carry, and how long to wait. ``tool_call_id`` is the call whose result the event becomes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_type: str
+    key: str | None = None
+    timeout_seconds: float
+    tool_call_id: str | None = None
+
+
+class EventOutcome(BaseModel):
+    """How a wait ended: the event's payload, or ``timed_out``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_type: str
+    key: str | None = None
+    payload: Any = None
+    timed_out: bool = False
+
+
 class SubagentResult(BaseModel):
     """How one subagent's work ended: its answer, or why there is none."""
 
@@ -94,7 +123,8 @@ class AgentState(BaseModel):
     ``pending_question`` is the question of an agent parked with stop reason
     ``awaiting_input`` until :meth:`~app.agents.agent.Agent.answer` supplies the answer;
     ``pending_subagents`` the work of an agent parked with ``awaiting_subagents`` until the
-    results of its child executions arrive as a user message.
+    results of its child executions arrive as a user message; ``pending_event`` the event an
+    agent parked with ``awaiting_event`` waits for.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -109,6 +139,7 @@ class AgentState(BaseModel):
     tasks: list[Task] = Field(default_factory=list)
     pending_question: str | None = None
     pending_subagents: list[SubagentTask] = Field(default_factory=list)
+    pending_event: EventWait | None = None
 
     def snapshot(self) -> dict[str, Any]:
         """The state without its messages: those are stored one row each, append-only."""

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
-from app.agents.state import SubagentTask, Task
+from app.agents.state import EventWait, SubagentTask, Task
 
 
 class ToolError(Exception):
@@ -40,6 +40,8 @@ class ToolContext:
     """Questions for the user (``ask_user``); any parks the agent after the step."""
     subagent_tasks: list[SubagentTask] = field(default_factory=list)
     """Work for subagents (``spawn_subagents``); any parks the agent until they finish."""
+    event_wait: EventWait | None = None
+    """The event to wait for (``wait_for_event``); parks the agent until it arrives."""
 
 
 class Tool(ABC):

@@ -52,3 +52,7 @@ async def find_token_owner(session: AsyncSession, token_hash: str) -> TokenOwner
 
 async def record_token_use(session: AsyncSession, token_id: int, at: datetime) -> None:
     await session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=at))
+
+
+async def find_user(session: AsyncSession, user_id: int) -> User | None:
+    return await session.get(User, user_id)

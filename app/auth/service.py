@@ -23,6 +23,10 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+async def get_user(session: AsyncSession, user_id: int) -> User | None:
+    return await repository.find_user(session, user_id)
+
+
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     return await repository.find_user_by_email(session, email.lower())
 

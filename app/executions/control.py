@@ -18,6 +18,7 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import User
+from app.config import Settings
 from app.errors import Conflict
 from app.executions import repository, subagent_repository
 from app.executions.effects import after_commit_effects
@@ -49,6 +50,7 @@ class IllegalTransition(Conflict):
 async def apply_signal(
     session: AsyncSession,
     redis: ArqRedis,
+    settings: Settings,
     user: User,
     execution_id: uuid.UUID,
     signal: Signal,
@@ -60,7 +62,7 @@ async def apply_signal(
         session, execution_id, signal, payload=payload, user_id=user.id
     )
     if change is not None:
-        effects = after_commit_effects(session, redis)
+        effects = after_commit_effects(session, redis, settings)
         effects.announce(change, stop=signal)
         if signal in (Signal.CANCEL, Signal.KILL):
             # Their parents are among them: none has a parent left to wake.

@@ -12,15 +12,19 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
 
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.config import Settings
 from app.db import after_commit
+from app.events import repository as events_repository
 from app.executions import children, events
 from app.executions.interrupts import control_channel
-from app.executions.jobs import enqueue_chunk
-from app.executions.transitions import TERMINAL, Signal, Status, StatusChange
+from app.executions.jobs import enqueue_chunk, enqueue_wait_timer
+from app.executions.transitions import RESUME_WAITING, TERMINAL, Signal, Status, StatusChange
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +34,10 @@ _EFFECTS = "execution_effects"
 class Effects:
     """Effects collected while a change is made, run once it is committed (:meth:`run`)."""
 
-    def __init__(self, redis: ArqRedis, db: AsyncEngine) -> None:
+    def __init__(self, redis: ArqRedis, db: AsyncEngine, settings: Settings) -> None:
         self.redis = redis
         self.db = db
+        self.settings = settings
         self._pending: list[tuple[str, uuid.UUID, Callable[[], Awaitable[object]]]] = []
 
     def enqueue(self, execution_id: uuid.UUID, lease: int, queue: str, suffix: str = "") -> None:
@@ -86,6 +91,37 @@ class Effects:
         self.publish(change.execution_id, change.user_id, *before, events.of_change(change))
         if wake_parent and change.status in TERMINAL and change.parent_id is not None:
             self.wake_parent(change.parent_id)
+        if change.status is Status.AWAITING_EVENT and change.wait:
+            self._waiting(change, change.wait)
+
+    def _waiting(self, change: StatusChange, wait: dict[str, Any]) -> None:
+        """An execution started (or, resumed, went back to) waiting: its timer; an event kept
+        for it; its subagents, which may all have finished while it was paused."""
+        execution_id = change.execution_id
+        if "deadline" in wait:
+            deadline = datetime.fromisoformat(wait["deadline"])
+            self._add(
+                "schedule the end of the wait",
+                execution_id,
+                lambda: enqueue_wait_timer(
+                    self.redis, execution_id, change.lease, change.queue, deadline
+                ),
+            )
+        buffer = self.settings.events.buffer_seconds
+        if "event" in wait and buffer > 0:
+
+            async def take_kept() -> None:
+                async with self.db.execution_options(isolation_level="READ COMMITTED").begin() as c:
+                    await events_repository.lock_events(c, change.user_id, wait["event"])
+                    taken = await events_repository.take_kept_event(
+                        c, execution_id, wait["event"], buffer
+                    )
+                if taken is not None:
+                    self.announce(taken)
+
+            self._add("take a kept event", execution_id, take_kept)
+        if "children" in wait and change.move == RESUME_WAITING.name:
+            self.wake_parent(execution_id)
 
     async def run(self) -> None:
         """Run every effect, including those that running one adds; each failure is logged."""
@@ -102,12 +138,12 @@ class Effects:
         self._pending.append((what, execution_id, effect))
 
 
-def after_commit_effects(session: AsyncSession, redis: ArqRedis) -> Effects:
+def after_commit_effects(session: AsyncSession, redis: ArqRedis, settings: Settings) -> Effects:
     """The effects of the session's transaction, run once it has committed."""
     effects: Effects | None = session.info.get(_EFFECTS)
     if effects is None:
         db = session.bind
         assert isinstance(db, AsyncEngine)
-        effects = session.info[_EFFECTS] = Effects(redis, db)
+        effects = session.info[_EFFECTS] = Effects(redis, db, settings)
         after_commit(session, effects.run)
     return effects

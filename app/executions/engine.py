@@ -22,14 +22,14 @@ from app.agents.agent import Agent, StepRecord
 from app.agents.bash_tool import kill_workspace_processes
 from app.agents.errors import AgentError
 from app.agents.registry import build_agent
-from app.agents.state import AgentState, SubagentResult
+from app.agents.state import AgentState, EventOutcome, SubagentResult
 from app.config import Settings
 from app.executions import events, subagent_repository, worker_repository
 from app.executions.children import new_children
 from app.executions.effects import Effects
 from app.executions.interrupts import RunningChunks
-from app.executions.transitions import ASK, COMPLETE, DELEGATE, Signal, Status
-from app.executions.worker_repository import Claim, StepCommit
+from app.executions.transitions import ASK, COMPLETE, DELEGATE, WAIT, Signal, Status
+from app.executions.worker_repository import Claim, NewChild, StepCommit
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,15 @@ _LIMIT_ERRORS = {
     "timeout": "timeout_exceeded",
 }
 # The move a step makes when it stops iteration (other stops are failures).
-_FINISHING_MOVES = {"final_answer": COMPLETE, "awaiting_input": ASK, "awaiting_subagents": DELEGATE}
+_FINISHING_MOVES = {
+    "final_answer": COMPLETE,
+    "awaiting_input": ASK,
+    "awaiting_subagents": DELEGATE,
+    "awaiting_event": WAIT,
+}
 # Stop reasons of an agent that waits for a delivery.
-_WAITING = {"awaiting_input", "awaiting_subagents"}
+_WAITING = {"awaiting_input", "awaiting_subagents", "awaiting_event"}
+_EVENT_ENDINGS = {Signal.EVENT, Signal.EVENT_TIMEOUT}
 
 
 class WorkerContext(TypedDict):
@@ -102,7 +108,9 @@ class ChunkRunner:
             state = AgentState.restore(self.claim.state_snapshot, self.claim.messages)
             persisted = len(self.claim.messages)
         delivered = self._deliver(agent, state)
-        if state.stop_reason in _WAITING:
+        started_waiting = "await_event" in self.claim.input and self.claim.state_snapshot is None
+        signals = {delivery.signal for delivery in self.claim.deliveries}
+        if state.stop_reason in _WAITING or (started_waiting and not signals & _EVENT_ENDINGS):
             # Woken, but what woke it committed after the claim read the deliveries: the next
             # claim (under the new lease) sees it.
             await self._enqueue_next_chunk()
@@ -110,8 +118,8 @@ class ChunkRunner:
         await self._drive(agent, state, persisted, delivered)
 
     def _deliver(self, agent: Agent, state: AgentState) -> list[int]:
-        """Hand the agent what woke it (an answer, its subagents' results); the first step
-        that commits marks these deliveries done."""
+        """Hand the agent what woke it (an answer, its subagents' results, an event or the end
+        of its wait); the first step that commits marks these deliveries done."""
         for delivery in self.claim.deliveries:
             try:
                 if delivery.signal is Signal.INPUT:
@@ -121,6 +129,11 @@ class ChunkRunner:
                         SubagentResult.model_validate(r) for r in delivery.payload["results"]
                     ]
                     agent.receive_subagent_results(state, results)
+                elif delivery.signal in _EVENT_ENDINGS:
+                    outcome = EventOutcome.model_validate(
+                        {**delivery.payload, "timed_out": delivery.signal is Signal.EVENT_TIMEOUT}
+                    )
+                    agent.receive_event(state, outcome)
             except ValueError:
                 log.warning(
                     "execution %s: dropped a %s delivery its agent was not waiting for",
@@ -162,9 +175,18 @@ class ChunkRunner:
         """Commit the step; returns how many messages are now stored and the new status."""
         state = record.state
         finish = _FINISHING_MOVES.get(state.stop_reason or "")
-        children = None
-        if state.stop_reason == "awaiting_subagents":
+        children: list[NewChild] | None = None
+        wait: dict[str, Any] | None = None
+        if finish is DELEGATE:
             children = new_children(self.settings, state.pending_subagents)
+            wait = {"children": [str(child.id) for child in children]}
+        elif finish is WAIT and state.pending_event is not None:
+            pending = state.pending_event
+            wait = {
+                "event": pending.event_type,
+                "key": pending.key,
+                "timeout_seconds": pending.timeout_seconds,
+            }
         step = StepCommit(
             execution_id=self.id,
             lease=self.lease,
@@ -186,6 +208,7 @@ class ChunkRunner:
             output={"response": state.final_answer} if finish is COMPLETE else None,
             metadata={"question": state.pending_question} if finish is ASK else None,
             children=children,
+            wait=wait,
             delivered=delivered or None,
         )
         async with self.db.connect() as conn:
@@ -229,7 +252,7 @@ class ChunkRunner:
             )
 
     def _effects(self) -> Effects:
-        return Effects(self.redis, self.db)
+        return Effects(self.redis, self.db, self.settings)
 
 
 async def _keep_alive(
@@ -286,7 +309,7 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> st
             return "lease lost"
         # The worker is shutting down: hand the execution over from its last committed step
         # now, rather than after its heartbeat goes stale.
-        handover = Effects(ctx["redis"], ctx["db"])
+        handover = Effects(ctx["redis"], ctx["db"], settings)
         handover.enqueue(claim.id, claim.lease, claim.queue)
         await asyncio.shield(handover.run())
         raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -14,6 +15,7 @@ from arq.jobs import serialize_job
 from redis.exceptions import NoScriptError
 
 RUN_EXECUTION = "run_execution"
+EXPIRE_WAIT = "expire_event_wait"
 
 # arq's enqueue_job (WATCH, EXISTS, MULTI/PSETEX/ZADD/EXEC: three round trips) as one atomic
 # script: one round trip on the start and chunk paths. Same keys and payload as arq writes.
@@ -56,3 +58,17 @@ async def enqueue_chunk(
     except NoScriptError:
         added = await redis.eval(_ENQUEUE_SCRIPT, 3, *keys_and_args)  # type: ignore[misc]
     return bool(added)
+
+
+async def enqueue_wait_timer(
+    redis: ArqRedis, execution_id: uuid.UUID, lease: int, queue: str, deadline: datetime
+) -> None:
+    """Queue the job that ends a wait at its ``deadline`` (one per wait: the id holds the lease,
+    which a resume renews). The sweep ends a wait whose job was lost."""
+    await redis.enqueue_job(
+        EXPIRE_WAIT,
+        str(execution_id),
+        _job_id=f"{execution_id}:wait:{lease}",
+        _queue_name=queue,
+        _defer_until=deadline,
+    )

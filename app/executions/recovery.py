@@ -5,7 +5,8 @@
   ``max_recoveries`` times; after that they fail with ``worker_lost``.
 - ``pending`` executions that have waited longer than ``stale_after`` with no job queued get
   their job again.
-- parents waiting for subagents that have all finished are woken.
+- parents waiting for subagents that have all finished are woken, and waits for events whose
+  deadline passed end (their timer jobs were lost).
 
 Sweeps may run in several worker processes at once: every change is conditional on what the
 sweep read, so only one of them acts on an execution.
@@ -22,6 +23,7 @@ from arq.constants import job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.events.service import expire_due_waits
 from app.executions import recovery_repository, subagent_repository
 from app.executions.children import wake_parent
 from app.executions.effects import Effects
@@ -38,6 +40,7 @@ class SweepReport:
     failed: int = 0
     requeued: int = 0
     woken: int = 0
+    expired: int = 0
 
 
 def _recovery_job(attempt: int) -> str:
@@ -52,7 +55,7 @@ async def _is_queued(redis: ArqRedis, *job_ids: str) -> bool:
 async def sweep(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> SweepReport:
     report = SweepReport()
     stale_after = settings.worker.stale_after
-    effects = Effects(redis, db)
+    effects = Effects(redis, db, settings)
     async with db.connect() as conn:
         running = await recovery_repository.stale_running(conn, stale_after, _BATCH)
         pending = await recovery_repository.stale_pending(conn, stale_after, _BATCH)
@@ -84,6 +87,7 @@ async def sweep(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> SweepRe
             report.woken += 1
             effects.announce(woken)
     await effects.run()
+    report.expired = await expire_due_waits(db, redis, settings)
     for stale in pending:
         if await _is_queued(redis, job_id(stale.id, stale.lease)):
             continue

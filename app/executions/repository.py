@@ -18,12 +18,15 @@ from app.executions.transitions import (
     ANSWER,
     CANCEL,
     CREATE,
+    CREATE_WAITING,
     KILL,
     PAUSE,
     PAUSE_AT_STEP,
     RESUME,
+    RESUME_WAITING,
     TERMINAL,
     TERMINAL_SQL,
+    WAIT_WITH_DEADLINE,
     Move,
     Signal,
     Status,
@@ -33,21 +36,32 @@ from app.executions.transitions import (
     creation_log,
 )
 
-_INSERT_EXECUTION = text(
-    f"""
-    WITH execution AS (
-        INSERT INTO agent_executions (id, user_id, agent_type, queue, input, metadata, status)
-        VALUES (:id, :user_id, :agent_type, :queue, :input, :metadata, '{CREATE.target}')
-        RETURNING *
-    ), status_log AS ({creation_log(CREATE, source="execution")})
-    SELECT execution.*, status_log.id AS log_id, status_log.context AS log_context
-    FROM execution, status_log
-    """
-).bindparams(
-    bindparam("id", type_=UUID(as_uuid=True)),
-    bindparam("input", type_=JSONB),
-    bindparam("metadata", type_=JSONB),
-)
+
+def _insert_execution(move: Move) -> TextClause:
+    """A new execution and its first status log: pending, or (``wait`` given) waiting for an
+    event until ``wait.timeout_seconds`` from now."""
+    return text(
+        f"""
+        WITH execution AS (
+            INSERT INTO agent_executions
+                (id, user_id, agent_type, queue, input, metadata, status, wait)
+            VALUES (:id, :user_id, :agent_type, :queue, :input, :metadata, '{move.target}',
+                    {WAIT_WITH_DEADLINE.format(wait="CAST(:wait AS jsonb)")})
+            RETURNING *
+        ), status_log AS ({creation_log(move, source="execution")})
+        SELECT execution.*, '{move.name}' AS move, status_log.id AS log_id,
+               status_log.context AS log_context
+        FROM execution, status_log
+        """
+    ).bindparams(
+        bindparam("id", type_=UUID(as_uuid=True)),
+        bindparam("input", type_=JSONB),
+        bindparam("metadata", type_=JSONB),
+        bindparam("wait", type_=JSONB(none_as_null=True)),
+    )
+
+
+_INSERT_EXECUTION = {False: _insert_execution(CREATE), True: _insert_execution(CREATE_WAITING)}
 
 _COLUMNS = [(attr.key, attr.columns[0].name) for attr in inspect(Execution).column_attrs]
 
@@ -63,7 +77,14 @@ def _signal_row(*, delivers: bool) -> str:
     )"""
 
 
-def _control(move: Move, *, sets: str = "", delivers: bool = False) -> TextClause:
+def _control(
+    move: Move,
+    *,
+    sets: str = "",
+    delivers: bool = False,
+    alternative: Move | None = None,
+    choose: str | None = None,
+) -> TextClause:
     # A pause requested earlier is void once the execution moves (a terminal move closes
     # every open signal by itself); a delivery stays for the worker.
     superseded = """superseded AS (
@@ -76,8 +97,9 @@ def _control(move: Move, *, sets: str = "", delivers: bool = False) -> TextClaus
         after.insert(0, superseded)
     return text(
         change_status(
-            [move],
+            [move] if alternative is None else [move, alternative],
             where="e.id = :id",
+            choose=choose,
             sets=sets,
             after=after,
             log=StatusLog(context="jsonb_build_object('by', :user_id)"),
@@ -93,7 +115,12 @@ def _control(move: Move, *, sets: str = "", delivers: bool = False) -> TextClaus
 # request the worker carries out (PAUSE_AT_STEP).
 _CONTROL: dict[Signal, TextClause] = {
     Signal.PAUSE: _control(PAUSE),
-    Signal.RESUME: _control(RESUME),
+    # An execution paused while it waited (for an event, for its subagents) waits again.
+    Signal.RESUME: _control(
+        RESUME,
+        alternative=RESUME_WAITING,
+        choose=f"CASE WHEN e.wait IS NULL THEN '{RESUME.name}' ELSE '{RESUME_WAITING.name}' END",
+    ),
     Signal.CANCEL: _control(CANCEL),
     Signal.KILL: _control(KILL, sets="""metadata = e.metadata || '{"force_killed": true}'"""),
     Signal.INPUT: _control(ANSWER, sets="metadata = e.metadata - 'question'", delivers=True),
@@ -168,12 +195,15 @@ async def insert_execution(
     queue: str,
     input: dict[str, Any],
     metadata: dict[str, Any],
+    wait: dict[str, Any] | None = None,
 ) -> Created:
-    """A new pending execution and its first status log, in one statement: this is on every
-    start's path."""
+    """A new execution and its first status log, in one statement: this is on every start's
+    path. It is pending, or with ``wait`` (``{event, key, timeout_seconds}``) waits for that
+    event."""
     result = await session.execute(
-        _INSERT_EXECUTION,
+        _INSERT_EXECUTION[wait is not None],
         {
+            "wait": wait,
             "id": uuid.uuid4(),
             "user_id": user_id,
             "agent_type": agent_type,
@@ -184,7 +214,7 @@ async def insert_execution(
     )
     row = result.one()._mapping
     execution = Execution(**{key: row[column] for key, column in _COLUMNS})
-    change = StatusChange.from_row({**row, "previous_status": None})
+    change = StatusChange.from_row(row)
     return Created(execution, change)
 
 

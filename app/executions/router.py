@@ -57,7 +57,14 @@ async def start_execution(
     redis: RedisDep,
 ) -> ExecutionOut:
     execution = await service.start_execution(
-        session, redis, settings, user, body.agent_type, body.input.model_dump(), body.metadata
+        session,
+        redis,
+        settings,
+        user,
+        body.agent_type,
+        body.input.model_dump(),
+        body.metadata,
+        body.await_event,
     )
     response.headers["Location"] = f"/api/agents/{execution.id}"
     return ExecutionOut.model_validate(execution)
@@ -138,9 +145,10 @@ def _control_route(signal: Signal, summary: str) -> Any:
         user: CurrentUser,
         session: SessionDep,
         redis: RedisDep,
+        settings: SettingsDep,
     ) -> ControlResponse:
         execution = await service.get_visible_execution(session, user, execution_id)
-        outcome = await apply_signal(session, redis, user, execution.id, signal)
+        outcome = await apply_signal(session, redis, settings, user, execution.id, signal)
         return ControlResponse(status=outcome.status, signal=signal, accepted=outcome.accepted)
 
     control.__name__ = f"{signal.value}_execution"
@@ -186,9 +194,10 @@ async def send_input(
     user: CurrentUser,
     session: SessionDep,
     redis: RedisDep,
+    settings: SettingsDep,
 ) -> ControlResponse:
     execution = await service.get_visible_execution(session, user, execution_id)
     outcome = await apply_signal(
-        session, redis, user, execution.id, Signal.INPUT, body.input.model_dump()
+        session, redis, settings, user, execution.id, Signal.INPUT, body.input.model_dump()
     )
     return ControlResponse(status=outcome.status, signal=Signal.INPUT, accepted=outcome.accepted)

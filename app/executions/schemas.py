@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
+from app.agents.event_tools import EVENT_TYPE_PATTERN, MAX_KEY_CHARS
 from app.executions.transitions import Status
 
 
@@ -22,12 +23,24 @@ MAX_INPUT_BYTES = 1_000_000
 MAX_METADATA_BYTES = 64_000
 
 
-def _storable_size(value: Any, what: str) -> int:
+def storable_size(value: Any, what: str) -> int:
     """Bytes of ``value`` as stored JSON; refuses what PostgreSQL's jsonb cannot hold."""
     try:
         return len(json.dumps(value, allow_nan=False, ensure_ascii=False).encode())
     except ValueError as exc:  # NaN/Infinity, or a lone surrogate that is not UTF-8
         raise ValueError(f"{what} must be plain JSON: {exc}") from None
+
+
+class AwaitEvent(BaseModel):
+    """Start waiting for an event: the first step runs when it arrives, with its payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_type: str = Field(pattern=EVENT_TYPE_PATTERN, examples=["ci.finished"])
+    key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_CHARS)
+    timeout_seconds: float | None = Field(
+        default=None, gt=0, description="At most the agent type's max_event_wait (the default)."
+    )
 
 
 class StartExecution(BaseModel):
@@ -36,12 +49,13 @@ class StartExecution(BaseModel):
     agent_type: str = Field(min_length=1, max_length=100, examples=["demo"])
     input: ExecutionInput
     metadata: dict[str, Any] = Field(default_factory=dict)
+    await_event: AwaitEvent | None = None
 
     @model_validator(mode="after")
     def _fits_storage(self) -> StartExecution:
-        if _storable_size(self.input.model_dump(), "input") > MAX_INPUT_BYTES:
+        if storable_size(self.input.model_dump(), "input") > MAX_INPUT_BYTES:
             raise ValueError(f"input is larger than {MAX_INPUT_BYTES} bytes as JSON")
-        if _storable_size(self.metadata, "metadata") > MAX_METADATA_BYTES:
+        if storable_size(self.metadata, "metadata") > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes as JSON")
         return self
 
@@ -78,6 +92,11 @@ class ExecutionOut(BaseModel):
     token_usage: int
     usage: Usage
     metadata: dict[str, Any] = Field(validation_alias=AliasChoices("metadata_", "metadata"))
+    wait: dict[str, Any] | None = Field(
+        default=None,
+        description="What a parked execution waits for: an event (type, key, deadline) or its "
+        "subagents.",
+    )
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

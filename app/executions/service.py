@@ -20,6 +20,7 @@ from app.executions import repository
 from app.executions.effects import after_commit_effects
 from app.executions.limits import check_start_allowed
 from app.executions.models import Execution, ExecutionLog
+from app.executions.schemas import AwaitEvent
 
 
 async def start_execution(
@@ -30,8 +31,10 @@ async def start_execution(
     agent_type: str,
     input: dict[str, Any],
     metadata: dict[str, Any] | None = None,
+    await_event: AwaitEvent | None = None,
 ) -> Execution:
-    """Record a pending execution; its first job is enqueued once the row is committed."""
+    """Record a pending execution (its first job is enqueued once the row is committed), or
+    with ``await_event`` one that waits for that event first."""
     spec = settings.agent_types.get(agent_type)
     if spec is None:
         known = sorted(settings.agent_types)
@@ -46,6 +49,17 @@ async def start_execution(
             f"Agent type {agent_type!r} cannot run: {exc}", missing_setting=spec.api_key_env
         ) from exc
     await check_start_allowed(session, user.id, user.tier, settings.tier_limits(user.tier))
+    wait = None
+    if await_event is not None:
+        # Kept in the input too: what the execution was asked to wait for, for good.
+        input = {**input, "await_event": await_event.model_dump(exclude_none=True)}
+        wait = {
+            "event": await_event.event_type,
+            "key": await_event.key,
+            "timeout_seconds": min(
+                await_event.timeout_seconds or spec.max_event_wait, spec.max_event_wait
+            ),
+        }
     created = await repository.insert_execution(
         session,
         user_id=user.id,
@@ -53,8 +67,9 @@ async def start_execution(
         queue=spec.queue,
         input=input,
         metadata=metadata or {},
+        wait=wait,
     )
-    after_commit_effects(session, redis).announce(created.change)
+    after_commit_effects(session, redis, settings).announce(created.change)
     return created.execution
 
 

@@ -45,6 +45,9 @@ class EventType(StrEnum):
     FORCE_KILLED = "force_killed"
     INPUT_RECEIVED = "input_received"
     SUBAGENTS_FINISHED = "subagents_finished"
+    EVENT_WAITING = "event_waiting"
+    EVENT_RECEIVED = "event_received"
+    EVENT_TIMEOUT = "event_timeout"
 
 
 class Actor(StrEnum):
@@ -55,14 +58,17 @@ class Actor(StrEnum):
     SWEEP = "sweep"  # the recovery sweep, for work whose worker died
     PARENT = "parent"  # the parent execution ended, taking its subagents with it
     CHILDREN = "children"  # the last subagent of a waiting parent finished
+    EVENTS = "events"  # an event delivered over the API or a signed webhook
+    TIMER = "timer"  # a deadline passed (a deferred job, or the sweep as its backstop)
 
 
 class Signal(StrEnum):
     """What ``agent_signals`` rows ask for.
 
-    The first five are control requests over the API. ``input`` and ``subagent_results`` also
-    carry a delivery: the payload the worker hands to the agent (``Agent.answer``,
-    ``Agent.receive_subagent_results``) when it next claims the execution.
+    The first five are control requests over the API. ``input`` also carries a delivery, and
+    the last three are nothing else: the payload the worker hands to the agent
+    (``Agent.answer``, ``Agent.receive_subagent_results``, ``Agent.receive_event``) when it
+    next claims the execution.
     """
 
     PAUSE = "pause"
@@ -71,9 +77,11 @@ class Signal(StrEnum):
     KILL = "kill"
     INPUT = "input"
     SUBAGENT_RESULTS = "subagent_results"
+    EVENT = "event"
+    EVENT_TIMEOUT = "event_timeout"
 
 
-DELIVERIES = (Signal.INPUT, Signal.SUBAGENT_RESULTS)
+DELIVERIES = (Signal.INPUT, Signal.SUBAGENT_RESULTS, Signal.EVENT, Signal.EVENT_TIMEOUT)
 
 Level = Literal["info", "warning", "error"]
 
@@ -109,31 +117,38 @@ def _move(
 S, E, A = Status, EventType, Actor
 # fmt: off
 CREATE = _move("create", A.CLIENT, (), S.PENDING)
+CREATE_WAITING = _move("create waiting", A.CLIENT, (), S.AWAITING_EVENT, E.EVENT_WAITING)
 SPAWN = _move("spawn", A.WORKER, (), S.PENDING)  # a subagent, created by its parent's step
 CLAIM = _move("claim", A.WORKER, (S.PENDING, S.RUNNING), S.RUNNING, bumps_lease=True)
 PARK_AT_CLAIM = _move("pause at claim", A.WORKER, (S.PENDING, S.RUNNING), S.PAUSED, E.PAUSED,
                       bumps_lease=True)  # a pause requested between chunks
-PAUSE = _move("pause", A.CLIENT, (S.PENDING, S.SCHEDULED), S.PAUSED, E.PAUSED)
+PAUSE = _move("pause", A.CLIENT, (S.PENDING, S.SCHEDULED, S.AWAITING_EVENT), S.PAUSED, E.PAUSED)
 PAUSE_AT_STEP = _move("pause at step", A.WORKER, (S.RUNNING,), S.PAUSED, E.PAUSED)
 RESUME = _move("resume", A.CLIENT, (S.PAUSED,), S.PENDING, E.RESUMED, bumps_lease=True)
+RESUME_WAITING = _move("resume waiting", A.CLIENT, (S.PAUSED,), S.AWAITING_EVENT, E.RESUMED,
+                       bumps_lease=True)  # paused while it waited: it waits again
 CANCEL = _move("cancel", A.CLIENT, UNFINISHED, S.CANCELLED, E.CANCELLED, bumps_lease=True)
 KILL = _move("kill", A.CLIENT, UNFINISHED, S.CANCELLED, E.FORCE_KILLED, bumps_lease=True)
 ANSWER = _move("answer", A.CLIENT, (S.AWAITING_INPUT,), S.PENDING, E.INPUT_RECEIVED)
 COMPLETE = _move("complete", A.WORKER, (S.RUNNING,), S.COMPLETED)
 ASK = _move("ask the user", A.WORKER, (S.RUNNING,), S.AWAITING_INPUT)
 DELEGATE = _move("wait for subagents", A.WORKER, (S.RUNNING,), S.AWAITING_EVENT)
+WAIT = _move("wait for an event", A.WORKER, (S.RUNNING,), S.AWAITING_EVENT, E.EVENT_WAITING)
 FAIL = _move("fail", A.WORKER, (S.RUNNING,), S.FAILED, level="error")
 WAKE = _move("subagents finished", A.CHILDREN, (S.AWAITING_EVENT,), S.PENDING,
              E.SUBAGENTS_FINISHED)
 CANCEL_WITH_PARENT = _move("cancel with parent", A.PARENT, UNFINISHED, S.CANCELLED, E.CANCELLED,
                            bumps_lease=True)
 ABANDON = _move("worker lost", A.SWEEP, (S.RUNNING,), S.FAILED, level="error")
+EVENT_ARRIVED = _move("event arrived", A.EVENTS, (S.AWAITING_EVENT,), S.PENDING, E.EVENT_RECEIVED)
+WAIT_TIMED_OUT = _move("wait timed out", A.TIMER, (S.AWAITING_EVENT,), S.PENDING, E.EVENT_TIMEOUT)
 # fmt: on
 del S, E, A
 
 MOVES: tuple[Move, ...] = (
-    CREATE, SPAWN, CLAIM, PARK_AT_CLAIM, PAUSE, PAUSE_AT_STEP, RESUME, CANCEL, KILL, ANSWER,
-    COMPLETE, ASK, DELEGATE, FAIL, WAKE, CANCEL_WITH_PARENT, ABANDON,
+    CREATE, CREATE_WAITING, SPAWN, CLAIM, PARK_AT_CLAIM, PAUSE, PAUSE_AT_STEP, RESUME,
+    RESUME_WAITING, CANCEL, KILL, ANSWER, COMPLETE, ASK, DELEGATE, WAIT, FAIL, WAKE,
+    CANCEL_WITH_PARENT, ABANDON, EVENT_ARRIVED, WAIT_TIMED_OUT,
 )  # fmt: skip
 
 # Log rows that record a status change (their context has from, to, step_count, token_usage).
@@ -176,6 +191,12 @@ def _quoted(values: Iterable[str]) -> str:
 
 
 TERMINAL_SQL = _quoted(TERMINAL)
+# What an execution that waits records: the jsonb ``{wait}`` with, when it has
+# ``timeout_seconds``, the ``deadline`` (database time) by which the wait ends.
+WAIT_WITH_DEADLINE = """CASE WHEN {wait}::jsonb ? 'timeout_seconds'
+    THEN {wait}::jsonb || jsonb_build_object('deadline',
+        now() + make_interval(secs => ({wait}::jsonb ->> 'timeout_seconds')::float))
+    ELSE {wait}::jsonb END"""
 
 
 def _by_move(moves: Sequence[Move], attribute: str, move: str = "move") -> str:
@@ -324,6 +345,7 @@ class StatusChange:
 
     execution_id: uuid.UUID
     user_id: int
+    move: str  # the name of the move made
     status: Status
     lease: int
     queue: str
@@ -339,6 +361,7 @@ class StatusChange:
         return cls(
             execution_id=row["id"],
             user_id=row["user_id"],
+            move=row["move"],
             status=Status(row["status"]),
             lease=row["lease"],
             queue=row["queue"],

@@ -26,6 +26,8 @@ from app.executions.transitions import (
     PARK_AT_CLAIM,
     PAUSE_AT_STEP,
     SPAWN,
+    WAIT,
+    WAIT_WITH_DEADLINE,
     Move,
     Signal,
     Status,
@@ -80,7 +82,7 @@ _CLAIM = RawStatement.compile(
 # for subagents, which it creates) the execution; else a pending pause request parks it.
 _COMMIT_STEP = RawStatement.compile(
     change_status(
-        [PAUSE_AT_STEP, COMPLETE, ASK, DELEGATE],
+        [PAUSE_AT_STEP, COMPLETE, ASK, DELEGATE, WAIT],
         where="e.id = :id AND e.lease = :lease",
         choose="coalesce(:finish_move::varchar, "
         f"CASE WHEN EXISTS (SELECT 1 FROM pause) THEN '{PAUSE_AT_STEP.name}' END)",
@@ -89,11 +91,9 @@ _COMMIT_STEP = RawStatement.compile(
             output = coalesce(:output::jsonb, e.output),
             metadata = CASE WHEN :metadata::jsonb IS NULL THEN e.metadata
                             ELSE e.metadata || :metadata::jsonb END,
-            wait = CASE WHEN :children::jsonb IS NULL THEN e.wait
-                        ELSE jsonb_build_object('children', (
-                            SELECT jsonb_agg(c -> 'id')
-                            FROM jsonb_array_elements(:children::jsonb) c))
-                   END""",
+            wait = CASE WHEN :wait::jsonb IS NULL THEN e.wait ELSE """
+        + WAIT_WITH_DEADLINE.format(wait=":wait")
+        + " END",
         returning="e.depth",
         before=[_PAUSE_REQUEST],
         after=[
@@ -194,8 +194,9 @@ class NewChild:
 @dataclass(frozen=True, slots=True)
 class StepCommit:
     """Everything one step writes. ``finish`` ends or parks the execution: COMPLETE (with
-    ``output``), ASK (merging ``metadata``), or DELEGATE to the ``children`` it creates.
-    ``delivered`` are the deliveries the step has consumed."""
+    ``output``), ASK (merging ``metadata``), DELEGATE to the ``children`` it creates, or WAIT
+    for an event; a parked execution records what it waits for in ``wait``. ``delivered`` are
+    the deliveries the step has consumed."""
 
     execution_id: uuid.UUID
     lease: int
@@ -209,6 +210,7 @@ class StepCommit:
     output: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
     children: list[NewChild] | None = None
+    wait: dict[str, Any] | None = None
     delivered: list[int] | None = None
 
     def parameters(self) -> dict[str, Any]:
@@ -237,6 +239,7 @@ class StepCommit:
             "log_context": json_serializer(self.log_context),
             "metadata": encoded(self.metadata),
             "children": encoded(children),
+            "wait": encoded(self.wait),
             "delivered": self.delivered,
         }
 

@@ -1,0 +1,1 @@
+"""Inbound webhooks: endpoints configured as data, their signatures and their effects."""
