@@ -26,16 +26,23 @@ def upgrade() -> None:
         sa.Column("key", sa.String(length=200), nullable=True),
         sa.Column("payload", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column(
-            "received_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "received_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column("consumed_by", sa.UUID(), nullable=True),
         sa.Column("consumed_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["consumed_by"], ["agent_executions.id"],
-            name=op.f("fk_agent_events_consumed_by_agent_executions"), ondelete="SET NULL",
+            ["consumed_by"],
+            ["agent_executions.id"],
+            name=op.f("fk_agent_events_consumed_by_agent_executions"),
+            ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_agent_events_user_id_users"),
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_agent_events_user_id_users"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_agent_events")),
@@ -53,13 +60,14 @@ def upgrade() -> None:
         sa.Column("status_code", sa.Integer(), nullable=False),
         sa.Column("response", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column(
-            "received_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "received_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.PrimaryKeyConstraint("endpoint", "message_id", name=op.f("pk_webhook_messages")),
     )
-    op.create_index(
-        op.f("ix_webhook_messages_received_at"), "webhook_messages", ["received_at"]
-    )
+    op.create_index(op.f("ix_webhook_messages_received_at"), "webhook_messages", ["received_at"])
 
 
 def downgrade() -> None:
