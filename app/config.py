@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from app.agents.catalogue import builtin_agent_types, builtin_subagents
 from app.agents.spec import AgentTypeSpec
+from app.webhooks.signatures import parse_standard_secret
 
 Tier = Literal["free", "pro", "enterprise"]
 
@@ -139,6 +140,18 @@ def _merge_tables(defaults: Mapping[str, BaseModel], value: Any) -> Any:
     return merged
 
 
+def _webhook_secrets(endpoint: WebhookEndpoint) -> tuple[str, ...]:
+    """The endpoint's secrets from its variable (comma-separated), checked for its scheme."""
+    raw = os.environ.get(endpoint.secret_env, "")
+    secrets = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not secrets:
+        raise ValueError("not set")
+    if endpoint.signature == "standard":
+        for secret in secrets:
+            parse_standard_secret(secret)
+    return secrets
+
+
 SUBAGENT_PREFIX = "subagent:"
 
 
@@ -215,11 +228,10 @@ class Settings(BaseSettings):
                 raise ValueError(f"webhook name {name!r}: use a-z, 0-9, '-' and '_'")
             if endpoint.agent_type and endpoint.agent_type not in self.agent_types:
                 raise ValueError(f"webhook {name!r}: no agent type {endpoint.agent_type!r}")
-            raw = os.environ.get(endpoint.secret_env, "")
-            secrets = tuple(part.strip() for part in raw.split(",") if part.strip())
-            if not secrets:
-                raise ValueError(f"webhook {name!r}: {endpoint.secret_env} is not set")
-            self._webhook_secrets[name] = secrets
+            try:
+                self._webhook_secrets[name] = _webhook_secrets(endpoint)
+            except ValueError as exc:
+                raise ValueError(f"webhook {name!r}: {endpoint.secret_env}: {exc}") from None
         return self
 
     @model_validator(mode="after")

@@ -1,11 +1,14 @@
 """Errors the API reports, rendered as RFC 9457 problem details by one handler.
 
     AppError                      500  every error the service raises on purpose
+    ├── BadRequest                400  a body that is not what the route reads (malformed JSON)
     ├── Unauthorized              401  missing, unknown or revoked bearer token
+    │   └── BadSignature               a webhook whose signature does not verify
     ├── Forbidden                 403  authenticated, but not allowed
     ├── NotFound                  404  no such resource, or not yours to see
     │   └── ExecutionNotFound
     ├── Conflict                  409  the resource is not in a state that allows this
+    ├── PayloadTooLarge           413  a body over the route's size limit
     ├── InvalidRequest            422  well-formed JSON that the domain rejects
     │   └── UnknownAgentType           lists the known types
     ├── RateLimited               429  the tier's limits are reached (``limits``, Retry-After)
@@ -83,6 +86,14 @@ class Unauthorized(AppError):
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
 
 
+class BadSignature(Unauthorized):
+    type = "bad-signature"
+    title = "The webhook signature does not verify"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        AppError.__init__(self, detail, **extra)  # no bearer challenge: it is not a token
+
+
 class Forbidden(AppError):
     status = 403
     type = "forbidden"
@@ -98,6 +109,18 @@ class NotFound(AppError):
 class ExecutionNotFound(NotFound):
     type = "execution-not-found"
     title = "Execution not found"
+
+
+class BadRequest(AppError):
+    status = 400
+    type = "bad-request"
+    title = "Bad request"
+
+
+class PayloadTooLarge(AppError):
+    status = 413
+    type = "payload-too-large"
+    title = "Payload too large"
 
 
 class Conflict(AppError):

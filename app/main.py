@@ -19,6 +19,7 @@ from app.executions.router import router as executions_router
 from app.redis import arq_pool
 from app.streams.hub import Hub
 from app.streams.router import router as streams_router
+from app.webhooks.router import router as webhooks_router
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(executions_router)
     app.include_router(events_router)
+    app.include_router(webhooks_router)
     app.include_router(admin_router)
     app.include_router(streams_router)
     app.include_router(dashboard_router)

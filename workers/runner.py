@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 from arq.connections import RedisSettings
 from arq.worker import Worker
+from redis.asyncio import Redis
 
 from app.config import Settings
 from app.executions.interrupts import listen_for_stops
@@ -19,7 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class WorkerGroup:
-    """The arq workers of one process; ``run`` returns when they stop (signal, burst or stop())."""
+    """The arq workers of one process; ``run`` returns when they stop (signal, burst or stop()).
+
+    ``burst`` stops the workers once no job is running and none is due: jobs deferred to later
+    (the timers of waits) are left for later, unlike arq's own burst mode, which waits for them.
+    """
 
     def __init__(self, settings: Settings, queues: list[str], *, burst: bool = False) -> None:
         self.settings = settings
@@ -42,7 +48,6 @@ class WorkerGroup:
                     if index == 0 and not self.burst
                     else None,
                     redis_settings=redis_settings,
-                    burst=self.burst,
                     handle_signals=False,
                     max_jobs=tuning.max_jobs,
                     poll_delay=tuning.poll_delay,
@@ -57,17 +62,36 @@ class WorkerGroup:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
         log.info("workers started on queues %s", ", ".join(self.queues))
+        idle_watch = asyncio.create_task(self._stop_when_idle()) if self.burst else None
         try:
             await asyncio.gather(*(w.async_run() for w in self.workers), return_exceptions=False)
         except asyncio.CancelledError:
             pass
         finally:
+            if idle_watch is not None:
+                idle_watch.cancel()
             for worker in self.workers:
                 await worker.close()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
             await close_context(ctx)
+
+    async def _stop_when_idle(self) -> None:
+        """For ``burst``: stop once, twice in a row, no job runs and none is due."""
+        assert self.settings.redis_url
+        redis = Redis.from_url(self.settings.redis_url)
+        idle_checks = 0
+        try:
+            while idle_checks < 2:
+                await asyncio.sleep(self.settings.worker.poll_delay * 2)
+                now_ms = time.time() * 1000
+                due = [await redis.zcount(queue, "-inf", now_ms) for queue in self.queues]
+                running = any(worker.tasks for worker in self.workers)
+                idle_checks = idle_checks + 1 if not running and not any(due) else 0
+        finally:
+            await redis.aclose()
+        self.stop()
 
     def stop(self) -> None:
         for worker in self.workers:

@@ -6,7 +6,8 @@
 - ``pending`` executions that have waited longer than ``stale_after`` with no job queued get
   their job again.
 - parents waiting for subagents that have all finished are woken, and waits for events whose
-  deadline passed end (their timer jobs were lost).
+  deadline passed end (their timer jobs were lost); webhook message ids older than a day are
+  forgotten.
 
 Sweeps may run in several worker processes at once: every change is conditional on what the
 sweep read, so only one of them acts on an execution.
@@ -28,6 +29,8 @@ from app.executions import recovery_repository, subagent_repository
 from app.executions.children import wake_parent
 from app.executions.effects import Effects
 from app.executions.jobs import enqueue_chunk, job_id
+from app.webhooks.repository import prune_messages
+from app.webhooks.service import KEEP_MESSAGES_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,8 @@ async def sweep(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> SweepRe
             effects.announce(woken)
     await effects.run()
     report.expired = await expire_due_waits(db, redis, settings)
+    async with db.begin() as conn:
+        await prune_messages(conn, KEEP_MESSAGES_SECONDS)
     for stale in pending:
         if await _is_queued(redis, job_id(stale.id, stale.lease)):
             continue
