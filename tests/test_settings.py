@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -137,3 +140,45 @@ def test_provider_keys_come_from_the_environment_and_never_print(monkeypatch):
         assert "sk-subagent-secret" not in shown
     # Copies (the CLI fills in embedded servers with model_copy) keep them.
     assert settings.model_copy(update={"redis_url": "redis://x"}).provider_keys() == keys
+
+
+def _readme_webhooks_toml() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("[webhooks.ci]") :]
+    return block[: block.index("```")]
+
+
+def test_the_readme_webhook_example_is_valid_configuration(tmp_path, monkeypatch):
+    monkeypatch.delenv("AGENTS_CONFIG_FILE", raising=False)
+    config = tmp_path / "agents.toml"
+    config.write_text(_readme_webhooks_toml())
+    monkeypatch.setenv("AGENTS_CONFIG_FILE", str(config))
+    old, new = ("whsec_" + base64.b64encode(bytes([n]) * 32).decode() for n in (1, 2))
+    monkeypatch.setenv("CI_WEBHOOK_SECRET", f"{old},{new}")
+    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", "a plain secret")
+    settings = Settings()
+    assert settings.webhooks["github"].agent_type == "code-review"
+    assert settings.webhook_secrets("ci") == (old, new)
+    assert old not in repr(settings)
+    assert old not in settings.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "secret", "complaint"),
+    [
+        ({"action": "event"}, None, "WEBHOOK_SECRET: not set"),
+        ({"action": "event"}, "not-whsec", "must start with 'whsec_'"),
+        ({"action": "start"}, "whsec_" + "A" * 40, "needs an agent_type"),
+        ({"action": "start", "agent_type": "nope"}, "whsec_" + "A" * 40, "no agent type 'nope'"),
+        ({"action": "event", "prompt_pointer": "no-slash"}, "whsec_" + "A" * 40, "pattern"),
+    ],
+)
+def test_a_misconfigured_webhook_stops_the_start(monkeypatch, endpoint, secret, complaint):
+    if secret is None:
+        monkeypatch.delenv("WEBHOOK_SECRET", raising=False)
+    else:
+        monkeypatch.setenv("WEBHOOK_SECRET", secret)
+    table = {"secret_env": "WEBHOOK_SECRET", "user": "ops@example.com", **endpoint}
+    with pytest.raises(ValidationError) as raised:
+        Settings(webhooks={"hook": table})
+    assert complaint in describe_settings_error(raised.value)
