@@ -68,6 +68,12 @@ class EventSettings(_Section):
     buffer_seconds: float = Field(default=0, ge=0)
 
 
+class SchedulingSettings(_Section):
+    """A start may be scheduled at most ``horizon_days`` ahead."""
+
+    horizon_days: PositiveFloat = 30
+
+
 JSON_POINTER = r"^(/([^~/]|~[01])*)*$"
 
 
@@ -182,6 +188,7 @@ class Settings(BaseSettings):
     agent_types: dict[str, AgentTypeSpec] = Field(default_factory=dict)
     subagents: dict[str, AgentTypeSpec] = Field(default_factory=dict)
     events: EventSettings = Field(default_factory=EventSettings)
+    scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
     webhooks: dict[str, WebhookEndpoint] = Field(default_factory=dict)
     # Private, so secrets stay out of repr() and model_dump().
     _provider_keys: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -13,7 +13,8 @@ from arq.worker import Function, func
 
 from app.events.service import expire_wait
 from app.executions.engine import WorkerContext, run_execution
-from app.executions.jobs import EXPIRE_WAIT, RUN_EXECUTION
+from app.executions.jobs import EXPIRE_WAIT, RUN_EXECUTION, START_SCHEDULED
+from app.executions.recovery import start_scheduled as start_if_due
 from app.executions.recovery import sweep
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,12 @@ async def expire_event_wait(ctx: WorkerContext, execution_id: str) -> str:
     return "expired" if expired else "not due"
 
 
+async def start_scheduled(ctx: WorkerContext, execution_id: str) -> str:
+    """The timer of a scheduled execution: starts it if its time has come."""
+    started = await start_if_due(ctx["db"], ctx["redis"], ctx["settings"], uuid.UUID(execution_id))
+    return "started" if started else "not due"
+
+
 def functions(job_timeout: float) -> list[Function]:
     # keep_result blocks re-use of a job id for that long: that is what makes a duplicate
     # enqueue of the same chunk a no-op (job ids are ``{execution}:{lease}``).
@@ -44,6 +51,7 @@ def functions(job_timeout: float) -> list[Function]:
             max_tries=3,
         ),
         func(cast(WorkerCoroutine, expire_event_wait), name=EXPIRE_WAIT, max_tries=3),
+        func(cast(WorkerCoroutine, start_scheduled), name=START_SCHEDULED, max_tries=3),
     ]
 
 

@@ -23,7 +23,7 @@ from app.db import after_commit
 from app.events import repository as events_repository
 from app.executions import children, events
 from app.executions.interrupts import control_channel
-from app.executions.jobs import enqueue_chunk, enqueue_wait_timer
+from app.executions.jobs import enqueue_chunk, enqueue_start_timer, enqueue_wait_timer
 from app.executions.transitions import RESUME_WAITING, TERMINAL, Signal, Status, StatusChange
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,15 @@ class Effects:
             self.wake_parent(change.parent_id)
         if change.status is Status.AWAITING_EVENT and change.wait:
             self._waiting(change, change.wait)
+        if change.status is Status.SCHEDULED and change.run_at is not None:
+            run_at = change.run_at
+            self._add(
+                "schedule the start",
+                change.execution_id,
+                lambda: enqueue_start_timer(
+                    self.redis, change.execution_id, change.lease, change.queue, run_at
+                ),
+            )
 
     def _waiting(self, change: StatusChange, wait: dict[str, Any]) -> None:
         """An execution started (or, resumed, went back to) waiting: its timer; an event kept

@@ -16,6 +16,7 @@ from redis.exceptions import NoScriptError
 
 RUN_EXECUTION = "run_execution"
 EXPIRE_WAIT = "expire_event_wait"
+START_SCHEDULED = "start_scheduled"
 
 # arq's enqueue_job (WATCH, EXISTS, MULTI/PSETEX/ZADD/EXEC: three round trips) as one atomic
 # script: one round trip on the start and chunk paths. Same keys and payload as arq writes.
@@ -71,4 +72,18 @@ async def enqueue_wait_timer(
         _job_id=f"{execution_id}:wait:{lease}",
         _queue_name=queue,
         _defer_until=deadline,
+    )
+
+
+async def enqueue_start_timer(
+    redis: ArqRedis, execution_id: uuid.UUID, lease: int, queue: str, run_at: datetime
+) -> None:
+    """Queue the job that starts a scheduled execution at ``run_at`` (the id holds the lease,
+    which a resume renews). The sweep starts one whose job was lost."""
+    await redis.enqueue_job(
+        START_SCHEDULED,
+        str(execution_id),
+        _job_id=f"{execution_id}:start:{lease}",
+        _queue_name=queue,
+        _defer_until=run_at,
     )

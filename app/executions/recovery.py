@@ -4,9 +4,9 @@
   job under their current lease (they resume from their last committed step), at most
   ``max_recoveries`` times; after that they fail with ``worker_lost``.
 - ``pending`` executions that have waited longer than ``stale_after`` with no job queued get
-  their job again.
+  their job again; ``scheduled`` ones whose time has come start (their timer job was lost).
 - parents waiting for subagents that have all finished are woken, and waits for events whose
-  deadline passed end (their timer jobs were lost); webhook message ids older than a day are
+  deadline passed end (their timer jobs were lost); webhook message ids older than 30 days are
   forgotten.
 
 Sweeps may run in several worker processes at once: every change is conditional on what the
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
 from arq.connections import ArqRedis
@@ -34,6 +35,22 @@ from app.webhooks.service import KEEP_MESSAGES_SECONDS
 
 log = logging.getLogger(__name__)
 
+
+async def start_scheduled(
+    db: AsyncEngine, redis: ArqRedis, settings: Settings, execution_id: uuid.UUID
+) -> bool:
+    """Start a scheduled execution if its time has come (a conditional UPDATE: of its timer job
+    and the sweep, only one starts it). False when it is not due or no longer scheduled."""
+    async with db.begin() as conn:
+        change = await recovery_repository.start_on_time(conn, execution_id)
+    if change is None:
+        return False
+    effects = Effects(redis, db, settings)
+    effects.announce(change)
+    await effects.run()
+    return True
+
+
 _BATCH = 500
 
 
@@ -44,6 +61,7 @@ class SweepReport:
     requeued: int = 0
     woken: int = 0
     expired: int = 0
+    started: int = 0
 
 
 def _recovery_job(attempt: int) -> str:
@@ -91,6 +109,9 @@ async def sweep(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> SweepRe
             effects.announce(woken)
     await effects.run()
     report.expired = await expire_due_waits(db, redis, settings)
+    async with db.connect() as conn:
+        due = await recovery_repository.due_scheduled(conn, _BATCH)
+    report.started = sum([await start_scheduled(db, redis, settings, i) for i in due])
     async with db.begin() as conn:
         await prune_messages(conn, KEEP_MESSAGES_SECONDS)
     for stale in pending:

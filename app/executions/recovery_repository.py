@@ -1,4 +1,5 @@
-"""The sweep's statements: executions whose worker or job was lost."""
+"""The sweep's statements (executions whose worker or job was lost) and the start of
+scheduled executions (by their timer job, or the sweep when that job was lost)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from sqlalchemy import Float, Integer, bindparam, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.executions.transitions import ABANDON, StatusChange, StatusLog, change_status
+from app.executions.transitions import (
+    ABANDON,
+    START_ON_TIME,
+    StatusChange,
+    StatusLog,
+    change_status,
+)
 
 _STALE_RUNNING = text(
     """
@@ -47,6 +54,18 @@ _ABANDON = text(
     bindparam("lease", type_=Integer),
     bindparam("seen", type_=Integer),
 )
+
+_START_ON_TIME = text(
+    change_status([START_ON_TIME], where="e.id = :id AND e.run_at <= now()")
+).bindparams(bindparam("id", type_=UUID(as_uuid=True)))
+
+_DUE_SCHEDULED = text(
+    """
+    SELECT id FROM agent_executions
+    WHERE status = 'scheduled' AND run_at <= now()
+    ORDER BY run_at LIMIT :batch
+    """
+).bindparams(bindparam("batch", type_=Integer))
 
 _STALE_PENDING = text(
     """
@@ -110,3 +129,15 @@ async def touch_pending(conn: AsyncConnection, stale: Stale, stale_after: float)
     """Claim the requeue of a pending execution; False if it moved on or another sweep did."""
     keys = {"id": stale.id, "lease": stale.lease, "stale_after": stale_after}
     return (await conn.execute(_TOUCH_PENDING, keys)).scalar() is not None
+
+
+async def start_on_time(conn: AsyncConnection, execution_id: uuid.UUID) -> StatusChange | None:
+    """Start a scheduled execution whose time has come; None if it has not, or it is no longer
+    scheduled (paused, cancelled, or started already)."""
+    row = (await conn.execute(_START_ON_TIME, {"id": execution_id})).first()
+    return None if row is None else StatusChange.from_row(row._mapping)
+
+
+async def due_scheduled(conn: AsyncConnection, batch: int) -> list[uuid.UUID]:
+    """Scheduled executions whose time has come (their timer job was lost or is late)."""
+    return [row.id for row in await conn.execute(_DUE_SCHEDULED, {"batch": batch})]

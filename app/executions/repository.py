@@ -18,11 +18,13 @@ from app.executions.transitions import (
     ANSWER,
     CANCEL,
     CREATE,
+    CREATE_SCHEDULED,
     CREATE_WAITING,
     KILL,
     PAUSE,
     PAUSE_AT_STEP,
     RESUME,
+    RESUME_SCHEDULED,
     RESUME_WAITING,
     TERMINAL,
     TERMINAL_SQL,
@@ -38,15 +40,15 @@ from app.executions.transitions import (
 
 
 def _insert_execution(move: Move) -> TextClause:
-    """A new execution and its first status log: pending, or (``wait`` given) waiting for an
-    event until ``wait.timeout_seconds`` from now."""
+    """A new execution and its first status log: pending; waiting for an event until
+    ``wait.timeout_seconds`` from now; or scheduled to start at ``run_at``."""
     return text(
         f"""
         WITH execution AS (
             INSERT INTO agent_executions
-                (id, user_id, agent_type, queue, input, metadata, status, wait)
+                (id, user_id, agent_type, queue, input, metadata, status, wait, run_at)
             VALUES (:id, :user_id, :agent_type, :queue, :input, :metadata, '{move.target}',
-                    {WAIT_WITH_DEADLINE.format(wait="CAST(:wait AS jsonb)")})
+                    {WAIT_WITH_DEADLINE.format(wait="CAST(:wait AS jsonb)")}, :run_at)
             RETURNING *
         ), status_log AS ({creation_log(move, source="execution")})
         SELECT execution.*, '{move.name}' AS move, status_log.id AS log_id,
@@ -58,10 +60,13 @@ def _insert_execution(move: Move) -> TextClause:
         bindparam("input", type_=JSONB),
         bindparam("metadata", type_=JSONB),
         bindparam("wait", type_=JSONB(none_as_null=True)),
+        bindparam("run_at", type_=DateTime(timezone=True)),
     )
 
 
-_INSERT_EXECUTION = {False: _insert_execution(CREATE), True: _insert_execution(CREATE_WAITING)}
+_INSERT_EXECUTION = {
+    move: _insert_execution(move) for move in (CREATE, CREATE_WAITING, CREATE_SCHEDULED)
+}
 
 _COLUMNS = [(attr.key, attr.columns[0].name) for attr in inspect(Execution).column_attrs]
 
@@ -78,12 +83,7 @@ def _signal_row(*, delivers: bool) -> str:
 
 
 def _control(
-    move: Move,
-    *,
-    sets: str = "",
-    delivers: bool = False,
-    alternative: Move | None = None,
-    choose: str | None = None,
+    *moves: Move, sets: str = "", delivers: bool = False, choose: str | None = None
 ) -> TextClause:
     # A pause requested earlier is void once the execution moves (a terminal move closes
     # every open signal by itself); a delivery stays for the worker.
@@ -93,11 +93,11 @@ def _control(
           AND EXISTS (SELECT 1 FROM changed)
     )"""
     after = [_signal_row(delivers=delivers)]
-    if move.target not in TERMINAL:
+    if all(move.target not in TERMINAL for move in moves):
         after.insert(0, superseded)
     return text(
         change_status(
-            [move] if alternative is None else [move, alternative],
+            moves,
             where="e.id = :id",
             choose=choose,
             sets=sets,
@@ -115,11 +115,17 @@ def _control(
 # request the worker carries out (PAUSE_AT_STEP).
 _CONTROL: dict[Signal, TextClause] = {
     Signal.PAUSE: _control(PAUSE),
-    # An execution paused while it waited (for an event, for its subagents) waits again.
+    # An execution paused while it waited (for an event, for its subagents) waits again; one
+    # paused before its start time waits for that time again.
     Signal.RESUME: _control(
         RESUME,
-        alternative=RESUME_WAITING,
-        choose=f"CASE WHEN e.wait IS NULL THEN '{RESUME.name}' ELSE '{RESUME_WAITING.name}' END",
+        RESUME_SCHEDULED,
+        RESUME_WAITING,
+        RESUME_SCHEDULED,
+        choose=f"""CASE WHEN e.wait IS NOT NULL THEN '{RESUME_WAITING.name}'
+                        WHEN e.started_at IS NULL AND e.run_at > now()
+                        THEN '{RESUME_SCHEDULED.name}'
+                        ELSE '{RESUME.name}' END""",
     ),
     Signal.CANCEL: _control(CANCEL),
     Signal.KILL: _control(KILL, sets="""metadata = e.metadata || '{"force_killed": true}'"""),
@@ -147,7 +153,7 @@ _STARTS_LOCK_NAMESPACE = 0x61676E74
 _LOCK_STARTS = text("SELECT pg_advisory_xact_lock(:namespace, :key)")
 _START_USAGE = text(
     f"""
-    SELECT count(*) FILTER (WHERE status NOT IN ({TERMINAL_SQL})) AS active,
+    SELECT count(*) FILTER (WHERE status NOT IN ({TERMINAL_SQL}, 'scheduled')) AS active,
            count(*) FILTER (WHERE created_at > :since) AS started,
            min(created_at) FILTER (WHERE created_at > :since) AS oldest
     FROM agent_executions
@@ -196,14 +202,17 @@ async def insert_execution(
     input: dict[str, Any],
     metadata: dict[str, Any],
     wait: dict[str, Any] | None = None,
+    run_at: datetime | None = None,
 ) -> Created:
     """A new execution and its first status log, in one statement: this is on every start's
-    path. It is pending, or with ``wait`` (``{event, key, timeout_seconds}``) waits for that
-    event."""
+    path. It is pending; with ``wait`` (``{event, key, timeout_seconds}``) it waits for that
+    event; with ``run_at`` it is scheduled to start then."""
+    move = CREATE_WAITING if wait is not None else CREATE_SCHEDULED if run_at else CREATE
     result = await session.execute(
-        _INSERT_EXECUTION[wait is not None],
+        _INSERT_EXECUTION[move],
         {
             "wait": wait,
+            "run_at": run_at,
             "id": uuid.uuid4(),
             "user_id": user_id,
             "agent_type": agent_type,

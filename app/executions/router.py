@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
@@ -35,6 +36,12 @@ _LATEST_LOGS = 50
 _NAME = r"^[a-z_]+$"
 
 
+def _after(delay_seconds: float | None) -> datetime | None:
+    if delay_seconds is None:
+        return None
+    return datetime.now(UTC) + timedelta(seconds=delay_seconds)
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -65,6 +72,7 @@ async def start_execution(
         body.input.model_dump(),
         body.metadata,
         body.await_event,
+        body.run_at or _after(body.delay_seconds),
     )
     response.headers["Location"] = f"/api/agents/{execution.id}"
     return ExecutionOut.model_validate(execution)

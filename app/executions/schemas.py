@@ -5,7 +5,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from app.agents.event_tools import EVENT_TYPE_PATTERN, MAX_KEY_CHARS
 from app.executions.transitions import Status
@@ -50,6 +50,20 @@ class StartExecution(BaseModel):
     input: ExecutionInput
     metadata: dict[str, Any] = Field(default_factory=dict)
     await_event: AwaitEvent | None = None
+    run_at: AwareDatetime | None = Field(
+        default=None,
+        description="Start then (RFC 3339 with an offset) instead of now; in the past: now.",
+    )
+    delay_seconds: float | None = Field(
+        default=None, gt=0, description="Start this many seconds from now instead of now."
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_start(self) -> StartExecution:
+        ways = [self.await_event, self.run_at, self.delay_seconds]
+        if sum(way is not None for way in ways) > 1:
+            raise ValueError("give at most one of await_event, run_at and delay_seconds")
+        return self
 
     @model_validator(mode="after")
     def _fits_storage(self) -> StartExecution:
@@ -97,6 +111,7 @@ class ExecutionOut(BaseModel):
         description="What a parked execution waits for: an event (type, key, deadline) or its "
         "subagents.",
     )
+    run_at: datetime | None = Field(default=None, description="When a scheduled start is due.")
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

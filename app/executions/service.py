@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -32,9 +33,11 @@ async def start_execution(
     input: dict[str, Any],
     metadata: dict[str, Any] | None = None,
     await_event: AwaitEvent | None = None,
+    run_at: datetime | None = None,
 ) -> Execution:
-    """Record a pending execution (its first job is enqueued once the row is committed), or
-    with ``await_event`` one that waits for that event first."""
+    """Record a pending execution (its first job is enqueued once the row is committed); with
+    ``await_event`` one that waits for that event first; with ``run_at`` (in the future) one
+    scheduled to start then."""
     spec = settings.agent_types.get(agent_type)
     if spec is None:
         known = sorted(settings.agent_types)
@@ -48,6 +51,15 @@ async def start_execution(
         raise InvalidRequest(
             f"Agent type {agent_type!r} cannot run: {exc}", missing_setting=spec.api_key_env
         ) from exc
+    if run_at is not None:
+        horizon = timedelta(days=settings.scheduling.horizon_days)
+        if run_at > datetime.now(UTC) + horizon:
+            raise InvalidRequest(
+                f"run_at is more than {settings.scheduling.horizon_days:g} days ahead.",
+                horizon_days=settings.scheduling.horizon_days,
+            )
+        if run_at <= datetime.now(UTC):
+            run_at = None  # due already: it starts now
     await check_start_allowed(session, user.id, user.tier, settings.tier_limits(user.tier))
     wait = None
     if await_event is not None:
@@ -68,6 +80,7 @@ async def start_execution(
         input=input,
         metadata=metadata or {},
         wait=wait,
+        run_at=run_at,
     )
     after_commit_effects(session, redis, settings).announce(created.change)
     return created.execution

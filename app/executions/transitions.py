@@ -118,6 +118,8 @@ S, E, A = Status, EventType, Actor
 # fmt: off
 CREATE = _move("create", A.CLIENT, (), S.PENDING)
 CREATE_WAITING = _move("create waiting", A.CLIENT, (), S.AWAITING_EVENT, E.EVENT_WAITING)
+CREATE_SCHEDULED = _move("schedule", A.CLIENT, (), S.SCHEDULED)
+START_ON_TIME = _move("start on time", A.TIMER, (S.SCHEDULED,), S.PENDING)
 SPAWN = _move("spawn", A.WORKER, (), S.PENDING)  # a subagent, created by its parent's step
 CLAIM = _move("claim", A.WORKER, (S.PENDING, S.RUNNING), S.RUNNING, bumps_lease=True)
 PARK_AT_CLAIM = _move("pause at claim", A.WORKER, (S.PENDING, S.RUNNING), S.PAUSED, E.PAUSED,
@@ -127,6 +129,8 @@ PAUSE_AT_STEP = _move("pause at step", A.WORKER, (S.RUNNING,), S.PAUSED, E.PAUSE
 RESUME = _move("resume", A.CLIENT, (S.PAUSED,), S.PENDING, E.RESUMED, bumps_lease=True)
 RESUME_WAITING = _move("resume waiting", A.CLIENT, (S.PAUSED,), S.AWAITING_EVENT, E.RESUMED,
                        bumps_lease=True)  # paused while it waited: it waits again
+RESUME_SCHEDULED = _move("resume scheduled", A.CLIENT, (S.PAUSED,), S.SCHEDULED, E.RESUMED,
+                         bumps_lease=True)  # paused before its start time: waits for it again
 CANCEL = _move("cancel", A.CLIENT, UNFINISHED, S.CANCELLED, E.CANCELLED, bumps_lease=True)
 KILL = _move("kill", A.CLIENT, UNFINISHED, S.CANCELLED, E.FORCE_KILLED, bumps_lease=True)
 ANSWER = _move("answer", A.CLIENT, (S.AWAITING_INPUT,), S.PENDING, E.INPUT_RECEIVED)
@@ -146,9 +150,10 @@ WAIT_TIMED_OUT = _move("wait timed out", A.TIMER, (S.AWAITING_EVENT,), S.PENDING
 del S, E, A
 
 MOVES: tuple[Move, ...] = (
-    CREATE, CREATE_WAITING, SPAWN, CLAIM, PARK_AT_CLAIM, PAUSE, PAUSE_AT_STEP, RESUME,
-    RESUME_WAITING, CANCEL, KILL, ANSWER, COMPLETE, ASK, DELEGATE, WAIT, FAIL, WAKE,
-    CANCEL_WITH_PARENT, ABANDON, EVENT_ARRIVED, WAIT_TIMED_OUT,
+    CREATE, CREATE_WAITING, CREATE_SCHEDULED, START_ON_TIME, SPAWN, CLAIM, PARK_AT_CLAIM,
+    PAUSE, PAUSE_AT_STEP, RESUME, RESUME_WAITING, RESUME_SCHEDULED, CANCEL, KILL, ANSWER,
+    COMPLETE, ASK, DELEGATE, WAIT, FAIL, WAKE, CANCEL_WITH_PARENT, ABANDON, EVENT_ARRIVED,
+    WAIT_TIMED_OUT,
 )  # fmt: skip
 
 # Log rows that record a status change (their context has from, to, step_count, token_usage).
@@ -307,8 +312,8 @@ def change_status(
         {joined}
         WHERE {identity} AND e.status IN ({_quoted(sources)})
         RETURNING e.id, e.user_id, e.status, {previous} AS previous_status, {choose} AS move,
-                  e.lease, e.queue, e.parent_id, e.wait, e.step_count, e.token_usage,
-                  e.completed_at{", " + returning if returning else ""}
+                  e.lease, e.queue, e.parent_id, e.wait, e.run_at, e.step_count,
+                  e.token_usage, e.completed_at{", " + returning if returning else ""}
     )"""
     if all(move.target in TERMINAL for move in moves):
         after = [*after, _CLOSE_SIGNALS]
@@ -351,6 +356,7 @@ class StatusChange:
     queue: str
     parent_id: uuid.UUID | None
     wait: dict[str, Any] | None
+    run_at: datetime | None
     completed_at: datetime | None
     log_id: int
     log_context: dict[str, Any]
@@ -367,6 +373,7 @@ class StatusChange:
             queue=row["queue"],
             parent_id=row["parent_id"],
             wait=row["wait"],
+            run_at=row["run_at"],
             completed_at=row["completed_at"],
             log_id=row["log_id"],
             log_context=row["log_context"],

@@ -28,8 +28,9 @@ from app.webhooks import repository
 from app.webhooks.repository import Answer
 from app.webhooks.signatures import SignatureError, verify_github, verify_standard
 
-# Longer than any signature tolerance: a replay within it is recognised.
-KEEP_MESSAGES_SECONDS = 24 * 3600
+# Far longer than the Standard Webhooks tolerance; GitHub signatures carry no timestamp, so a
+# replayed GitHub delivery is recognised by its id only for this long.
+KEEP_MESSAGES_SECONDS = 30 * 24 * 3600
 # The size of ``webhook_messages.message_id``.
 MAX_MESSAGE_ID_CHARS = 200
 
