@@ -14,7 +14,7 @@ from tests.fixtures.executions import load
 from tests.fixtures.users import make_account
 
 
-async def schedule(http, account, agent_type: str = "steps-3", **when: object):
+async def schedule(http, account, agent_type: str = "steps-3", **when):
     return await http.post(
         "/api/agents",
         json={"agent_type": agent_type, "input": {"prompt": "later"}, **when},
@@ -66,7 +66,7 @@ async def test_the_timer_and_the_sweep_start_it_exactly_once(alice, sessions, se
 
 async def test_when_to_start_is_checked(alice, sessions, settings, client, db):
     now = datetime.now(UTC)
-    refused = [
+    refused: list[dict] = [
         {"run_at": (now + timedelta(days=31)).isoformat()},  # past the 30-day horizon
         {"run_at": "2030-01-01T09:00:00"},  # no offset
         {"run_at": (now + timedelta(hours=1)).isoformat(), "delay_seconds": 5},

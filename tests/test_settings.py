@@ -180,5 +180,5 @@ def test_a_misconfigured_webhook_stops_the_start(monkeypatch, endpoint, secret, 
         monkeypatch.setenv("WEBHOOK_SECRET", secret)
     table = {"secret_env": "WEBHOOK_SECRET", "user": "ops@example.com", **endpoint}
     with pytest.raises(ValidationError) as raised:
-        Settings(webhooks={"hook": table})
+        Settings.model_validate({"webhooks": {"hook": table}})
     assert complaint in describe_settings_error(raised.value)
