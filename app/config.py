@@ -66,6 +66,9 @@ class EventSettings(_Section):
     one arrived consumes it (0: a wait only sees events that arrive after it started)."""
 
     buffer_seconds: float = Field(default=0, ge=0)
+    retention_days: PositiveFloat = Field(
+        default=7, description="how long events are kept, taken or not"
+    )
 
 
 class SchedulingSettings(_Section):

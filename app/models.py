@@ -4,6 +4,7 @@ from app.auth.models import ApiToken, User
 from app.db import Base
 from app.events.models import Event, WebhookMessage
 from app.executions.models import Execution, ExecutionLog, ExecutionMessage, ExecutionSignal
+from app.schedules.models import Schedule, ScheduleFire
 
 __all__ = [
     "ApiToken",
@@ -13,6 +14,8 @@ __all__ = [
     "ExecutionLog",
     "ExecutionMessage",
     "ExecutionSignal",
+    "Schedule",
+    "ScheduleFire",
     "User",
     "WebhookMessage",
 ]

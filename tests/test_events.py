@@ -214,19 +214,29 @@ async def test_pause_keeps_the_wait_and_resume_returns_to_it(
         created = await start(http, alice, "waiter")
         await run_worker(settings)
         url = f"/api/agents/{created['id']}"
+        created_wait = (await http.get(url, headers=alice.headers)).json()["wait"]
         paused = await http.post(f"{url}/pause", headers=alice.headers)
         assert paused.json()["status"] == "paused"
-        # A paused execution is not woken: the event is kept.
-        assert (await deliver(http, alice, payload="early")).json()["triggered_count"] == 0
         resumed = await http.post(f"{url}/resume", headers=alice.headers)
         assert resumed.json()["status"] == "awaiting_event"
         waiting = (await http.get(url, headers=alice.headers)).json()
         assert waiting["wait"]["event"] == "ci.finished"
-        assert (await deliver(http, alice, payload="now")).json()["triggered_count"] == 1
+        assert waiting["wait"]["deadline"] == created_wait["deadline"]
+        # Paused again, it still takes the event: it holds it, paused, until it is resumed.
+        await http.post(f"{url}/pause", headers=alice.headers)
+        held = await deliver(http, alice, payload="while paused")
+        assert held.json()["execution_ids"] == [created["id"]]
+        await run_worker(settings)
+        still = (await http.get(url, headers=alice.headers)).json()
+        assert (still["status"], still["wait"]) == ("paused", None)
+        assert (await deliver(http, alice, payload="late")).json()["triggered_count"] == 0
+        assert (await http.post(f"{url}/resume", headers=alice.headers)).json()["status"] == (
+            "pending"
+        )
         await run_worker(settings)
         done = (await http.get(url, headers=alice.headers)).json()
     assert done["status"] == "completed"
-    assert '"now"' in done["output"]["response"]
+    assert '"while paused"' in done["output"]["response"]
 
 
 async def test_a_wait_takes_an_event_kept_within_the_buffer(
@@ -276,6 +286,27 @@ async def test_without_a_buffer_a_wait_sees_only_events_that_arrive_after_it(
         )
         await run_worker(settings)
     assert (await load(sessions, response.json()["id"])).status == "awaiting_event"
+
+
+async def test_an_event_without_payload_is_kept_and_delivered_as_null(
+    alice, sessions, make_settings, run_worker
+):
+    settings = make_settings(agent_types={"waiter": waiting_type()})
+    async with api_client(settings) as http:
+        kept = await http.post(
+            "/api/events", json={"event_type": "ci.finished"}, headers=alice.headers
+        )
+        assert kept.status_code == 200, kept.text
+        created = await start(http, alice, "waiter")
+        await run_worker(settings)
+        woke = await http.post(
+            "/api/events", json={"event_type": "ci.finished"}, headers=alice.headers
+        )
+        assert woke.json()["triggered_count"] == 1
+        await run_worker(settings)
+    execution = await load(sessions, created["id"])
+    assert execution.status == "completed"
+    assert execution.metadata_["event_payload"] is None
 
 
 async def test_cancel_while_waiting_ends_the_wait(alice, sessions, make_settings, run_worker):

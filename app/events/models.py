@@ -22,7 +22,7 @@ class Event(Base):
             "user_id",
             "event_type",
             "received_at",
-            postgresql_where=text("consumed_by IS NULL"),
+            postgresql_where=text("consumed_at IS NULL"),
         ),
     )
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.executions.transitions import (
     EVENT_ARRIVED,
+    EVENT_HELD,
     WAIT_TIMED_OUT,
     Signal,
     StatusChange,
@@ -29,6 +30,14 @@ _LOCK = text(
 _MATCHES = "(e.wait ->> 'key' IS NULL OR e.wait ->> 'key' = {key})"
 
 
+# A paused waiter takes the event too: it stays paused with the event held for its agent, and
+# resuming sends it on (its wait is over).
+_ARRIVALS = [EVENT_ARRIVED, EVENT_HELD]
+_CHOOSE_ARRIVAL = (
+    f"CASE WHEN e.status = 'paused' THEN '{EVENT_HELD.name}' ELSE '{EVENT_ARRIVED.name}' END"
+)
+
+
 def _arrival(
     *, where: str, payload: str, key: str, before: tuple[str, ...] = (), after: tuple[str, ...] = ()
 ) -> str:
@@ -36,8 +45,9 @@ def _arrival(
     selects: each moves to pending, keeps the payload in ``metadata.event_payload`` and gets a
     delivery for its agent."""
     return change_status(
-        [EVENT_ARRIVED],
-        where=f"{where} AND e.wait ->> 'event' IS NOT NULL",
+        _ARRIVALS,
+        choose=_CHOOSE_ARRIVAL,
+        where=f"{where} AND e.status IN ('awaiting_event', 'paused')",
         sets="wait = NULL, "
         f"metadata = e.metadata || jsonb_build_object('event_payload', {payload})",
         before=before,
@@ -65,7 +75,7 @@ _WAKE_WAITERS = text(
     bindparam("user_id", type_=BigInteger),
     bindparam("event_type", type_=String),
     bindparam("key", type_=String),
-    bindparam("payload", type_=JSONB(none_as_null=True)),
+    bindparam("payload", type_=JSONB),
 )
 
 _STORE = text(
@@ -77,7 +87,7 @@ _STORE = text(
 ).bindparams(
     bindparam("user_id", type_=BigInteger),
     bindparam("key", type_=String),
-    bindparam("payload", type_=JSONB(none_as_null=True)),
+    bindparam("payload", type_=JSONB),  # None is stored as JSON null
 )
 
 # The oldest kept event a wait that just started may take: same user and type, its key if the
@@ -92,11 +102,11 @@ _TAKE_KEPT = text(
             """kept AS (
                 SELECT ev.id, ev.key, ev.payload FROM agent_events ev, agent_executions w
                 WHERE w.id = :execution_id AND ev.user_id = w.user_id
-                  AND ev.event_type = :event_type AND ev.consumed_by IS NULL
+                  AND ev.event_type = :event_type AND ev.consumed_at IS NULL
                   AND ev.received_at > now() - make_interval(secs => :buffer)
                   AND (w.wait ->> 'key' IS NULL OR ev.key = w.wait ->> 'key')
                 ORDER BY ev.received_at, ev.id LIMIT 1
-                FOR UPDATE OF ev SKIP LOCKED
+                FOR UPDATE OF ev
             )""",
         ),
         after=(
@@ -131,6 +141,10 @@ _EXPIRE = text(
         ],
     )
 ).bindparams(bindparam("id", type_=UUID(as_uuid=True)))
+
+_PRUNE = text(
+    "DELETE FROM agent_events WHERE received_at < now() - make_interval(secs => :keep)"
+).bindparams(bindparam("keep", type_=Float))
 
 _EXPIRED = text(
     """
@@ -197,3 +211,8 @@ async def expire_wait(conn: AsyncConnection, execution_id: uuid.UUID) -> StatusC
 async def expired_waits(conn: AsyncConnection) -> list[uuid.UUID]:
     """Executions whose wait's deadline has passed (their timer job was lost)."""
     return [row.id for row in (await conn.execute(_EXPIRED)).all()]
+
+
+async def prune_events(conn: AsyncConnection, keep_seconds: float) -> None:
+    """Forget events received more than ``keep_seconds`` ago."""
+    await conn.execute(_PRUNE, {"keep": keep_seconds})

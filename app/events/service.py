@@ -1,11 +1,11 @@
 """Delivering events to the executions that wait for them, and ending waits that time out.
 
 An event wakes every execution of its user that waits for its type (and its key, when the
-waiter named one), each exactly once: the move is one conditional UPDATE, so of two racing
-deliveries only one wakes a given waiter. An event nobody waits for is kept in
-``agent_events``; a wait that starts within ``events.buffer_seconds`` takes it.
+waiter named one; a paused waiter holds the event until it is resumed), each exactly once: the
+move is one conditional UPDATE, so of two racing deliveries only one wakes a given waiter. An
+event nobody waits for is kept in ``agent_events``; a wait that starts within
+``events.buffer_seconds`` takes it.
 """
-
 from __future__ import annotations
 
 import uuid
@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.config import Settings
 from app.events import repository
 from app.executions.effects import Effects, after_commit_effects
+from app.executions.transitions import Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,8 @@ async def deliver_event(
         return Delivered([], kept)
     effects = after_commit_effects(session, redis, settings)
     for change in woken:
-        effects.announce(change)
+        if change.status is Status.PENDING:  # a paused one holds the event until resumed
+            effects.announce(change)
     return Delivered([change.execution_id for change in woken], None)
 
 

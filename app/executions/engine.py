@@ -108,9 +108,7 @@ class ChunkRunner:
             state = AgentState.restore(self.claim.state_snapshot, self.claim.messages)
             persisted = len(self.claim.messages)
         delivered = self._deliver(agent, state)
-        started_waiting = "await_event" in self.claim.input and self.claim.state_snapshot is None
-        signals = {delivery.signal for delivery in self.claim.deliveries}
-        if state.stop_reason in _WAITING or (started_waiting and not signals & _EVENT_ENDINGS):
+        if state.stop_reason in _WAITING:
             # Woken, but what woke it committed after the claim read the deliveries: the next
             # claim (under the new lease) sees it.
             await self._enqueue_next_chunk()

@@ -6,8 +6,8 @@
 - ``pending`` executions that have waited longer than ``stale_after`` with no job queued get
   their job again; ``scheduled`` ones whose time has come start (their timer job was lost).
 - parents waiting for subagents that have all finished are woken, and waits for events whose
-  deadline passed end (their timer jobs were lost); webhook message ids older than 30 days are
-  forgotten.
+  deadline passed end (their timer jobs were lost); webhook message ids older than 30 days and
+  events older than ``events.retention_days`` are forgotten.
 
 Sweeps may run in several worker processes at once: every change is conditional on what the
 sweep read, so only one of them acts on an execution.
@@ -25,6 +25,7 @@ from arq.constants import job_key_prefix
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
+from app.events.repository import prune_events
 from app.events.service import expire_due_waits
 from app.executions import recovery_repository, subagent_repository
 from app.executions.children import wake_parent
@@ -114,6 +115,7 @@ async def sweep(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> SweepRe
     report.started = sum([await start_scheduled(db, redis, settings, i) for i in due])
     async with db.begin() as conn:
         await prune_messages(conn, KEEP_MESSAGES_SECONDS)
+        await prune_events(conn, settings.events.retention_days * 86_400)
     for stale in pending:
         if await _is_queued(redis, job_id(stale.id, stale.lease)):
             continue

@@ -145,6 +145,7 @@ CANCEL_WITH_PARENT = _move("cancel with parent", A.PARENT, UNFINISHED, S.CANCELL
                            bumps_lease=True)
 ABANDON = _move("worker lost", A.SWEEP, (S.RUNNING,), S.FAILED, level="error")
 EVENT_ARRIVED = _move("event arrived", A.EVENTS, (S.AWAITING_EVENT,), S.PENDING, E.EVENT_RECEIVED)
+EVENT_HELD = _move("event held while paused", A.EVENTS, (S.PAUSED,), S.PAUSED, E.EVENT_RECEIVED)
 WAIT_TIMED_OUT = _move("wait timed out", A.TIMER, (S.AWAITING_EVENT,), S.PENDING, E.EVENT_TIMEOUT)
 # fmt: on
 del S, E, A
@@ -153,7 +154,7 @@ MOVES: tuple[Move, ...] = (
     CREATE, CREATE_WAITING, CREATE_SCHEDULED, START_ON_TIME, SPAWN, CLAIM, PARK_AT_CLAIM,
     PAUSE, PAUSE_AT_STEP, RESUME, RESUME_WAITING, RESUME_SCHEDULED, CANCEL, KILL, ANSWER,
     COMPLETE, ASK, DELEGATE, WAIT, FAIL, WAKE, CANCEL_WITH_PARENT, ABANDON, EVENT_ARRIVED,
-    WAIT_TIMED_OUT,
+    EVENT_HELD, WAIT_TIMED_OUT,
 )  # fmt: skip
 
 # Log rows that record a status change (their context has from, to, step_count, token_usage).
@@ -253,7 +254,8 @@ def _status_assignments(target: str, worker: str, *, bumps_lease: bool) -> list[
     assignments = [
         f"status = {target}",
         "updated_at = now()",
-        f"paused_at = CASE WHEN {target} = 'paused' THEN now() ELSE e.paused_at END",
+        f"paused_at = CASE WHEN {target} = 'paused' AND e.status <> 'paused' THEN now() "
+        "ELSE e.paused_at END",
         f"completed_at = CASE WHEN {target} IN ({TERMINAL_SQL}) THEN now() ELSE e.completed_at END",
         f"worker_id = CASE WHEN {target} = 'running' THEN {worker} END",
     ]

@@ -84,8 +84,13 @@ _COMMIT_STEP = RawStatement.compile(
     change_status(
         [PAUSE_AT_STEP, COMPLETE, ASK, DELEGATE, WAIT],
         where="e.id = :id AND e.lease = :lease",
-        choose="coalesce(:finish_move::varchar, "
-        f"CASE WHEN EXISTS (SELECT 1 FROM pause) THEN '{PAUSE_AT_STEP.name}' END)",
+        # A pause requested during a step that starts a wait parks the execution paused with
+        # its wait recorded (resuming returns to the wait); any other finish wins over it.
+        choose=f"""CASE WHEN EXISTS (SELECT 1 FROM pause)
+                         AND coalesce(:finish_move::varchar, '{WAIT.name}')
+                             IN ('{WAIT.name}', '{DELEGATE.name}')
+                        THEN '{PAUSE_AT_STEP.name}'
+                        ELSE :finish_move::varchar END""",
         sets="""step_count = :step_count, token_usage = :token_usage, usage = :usage::jsonb,
             state_snapshot = :snapshot::jsonb, heartbeat_at = now(),
             output = coalesce(:output::jsonb, e.output),

@@ -22,7 +22,7 @@ from app.config import Settings, WebhookEndpoint
 from app.errors import BadRequest, BadSignature, InvalidRequest, NotFound, ServiceUnavailable
 from app.events.schemas import EventIn
 from app.events.service import deliver_event
-from app.executions.schemas import ExecutionInput
+from app.executions.schemas import MAX_INPUT_BYTES, ExecutionInput, storable_size
 from app.executions.service import start_execution
 from app.webhooks import repository
 from app.webhooks.repository import Answer
@@ -74,7 +74,7 @@ async def handle_message(
     endpoint = endpoint_named(settings, name)
     try:
         document = json.loads(body, parse_constant=_refuse_constant)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python parses
         raise BadRequest("The body is not JSON.") from None
     replayed = await repository.claim_message(session, name, message_id)
     if replayed is not None:
@@ -137,6 +137,8 @@ async def _start(
     if not found:
         raise InvalidRequest(f"The payload has nothing at {endpoint.prompt_pointer!r}.")
     prompt = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if storable_size(document, "payload") > MAX_INPUT_BYTES:
+        raise InvalidRequest(f"The payload is larger than {MAX_INPUT_BYTES} bytes as JSON.")
     try:
         # The whole payload is kept in the input too, for the agent and for people reading it.
         input = ExecutionInput.model_validate(

@@ -51,7 +51,7 @@ def upgrade() -> None:
         "ix_agent_events_unconsumed",
         "agent_events",
         ["user_id", "event_type", "received_at"],
-        postgresql_where=sa.text("consumed_by IS NULL"),
+        postgresql_where=sa.text("consumed_at IS NULL"),
     )
     op.create_table(
         "webhook_messages",

@@ -1,0 +1,1 @@
+"""Cron schedules: agents that start on a clock, one execution per fire."""
