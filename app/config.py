@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from app.agents.catalogue import builtin_agent_types, builtin_subagents
 from app.agents.spec import AgentTypeSpec
+from app.schedules.clock import check_cron, check_timezone
 from app.webhooks.signatures import parse_standard_secret
 
 Tier = Literal["free", "pro", "enterprise"]
@@ -75,6 +76,35 @@ class SchedulingSettings(_Section):
     """A start may be scheduled at most ``horizon_days`` ahead."""
 
     horizon_days: PositiveFloat = 30
+
+
+class ScheduleConfig(_Section):
+    """``[schedules.NAME]``: a cron schedule operators keep in the configuration."""
+
+    user: str = Field(min_length=3, description="the email of the account it runs for")
+    cron: str
+    timezone: str = "UTC"
+    agent_type: str
+    input: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        return check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @field_validator("input")
+    @classmethod
+    def _has_a_prompt(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get("prompt"), str) or not value["prompt"]:
+            raise ValueError("input needs a prompt")
+        return value
 
 
 JSON_POINTER = r"^(/([^~/]|~[01])*)*$"
@@ -193,6 +223,7 @@ class Settings(BaseSettings):
     events: EventSettings = Field(default_factory=EventSettings)
     scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
     webhooks: dict[str, WebhookEndpoint] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleConfig] = Field(default_factory=dict)
     # Private, so secrets stay out of repr() and model_dump().
     _provider_keys: dict[str, str] = PrivateAttr(default_factory=dict)
     _webhook_secrets: dict[str, tuple[str, ...]] = PrivateAttr(default_factory=dict)
@@ -230,14 +261,19 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_webhooks(self) -> Settings:
-        """Every endpoint names a known agent type and has its secrets (read once, kept private;
-        a comma-separated value holds several, so a secret can rotate)."""
+    def _check_webhooks_and_schedules(self) -> Settings:
+        """Every webhook endpoint and schedule names a known agent type, and every endpoint has
+        its secrets (read once, kept private; a comma-separated value holds several, so a
+        secret can rotate)."""
         for name, endpoint in self.webhooks.items():
             if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,99}", name):
                 raise ValueError(f"webhook name {name!r}: use a-z, 0-9, '-' and '_'")
             if endpoint.agent_type and endpoint.agent_type not in self.agent_types:
                 raise ValueError(f"webhook {name!r}: no agent type {endpoint.agent_type!r}")
+        for name, schedule in self.schedules.items():
+            if schedule.agent_type not in self.agent_types:
+                raise ValueError(f"schedule {name!r}: no agent type {schedule.agent_type!r}")
+        for name, endpoint in self.webhooks.items():
             try:
                 self._webhook_secrets[name] = _webhook_secrets(endpoint)
             except ValueError as exc:

@@ -83,16 +83,42 @@ async def transaction(
     sessions: async_sessionmaker[AsyncSession],
 ) -> AsyncIterator[AsyncSession]:
     """Commit on success (then run the ``after_commit`` callbacks), else roll back."""
-    async with sessions() as session:
-        async with session.begin():
+    async with sessions() as session, _committed(session):
+        yield session
+
+
+@asynccontextmanager
+async def transaction_connection(db: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection in a READ COMMITTED transaction, committed on success, whatever the
+    engine's default: a worker's engine is in autocommit (each hot-path statement is its own
+    transaction), where neither ``begin()`` nor an engine-level option opens a transaction."""
+    async with db.connect() as connection:
+        connection = await connection.execution_options(isolation_level="READ COMMITTED")
+        async with connection.begin():
+            yield connection
+
+
+@asynccontextmanager
+async def engine_transaction(db: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """:func:`transaction` on an engine, in a real transaction whatever its default."""
+    async with db.connect() as connection:
+        connection = await connection.execution_options(isolation_level="READ COMMITTED")
+        session = AsyncSession(bind=connection, expire_on_commit=False)
+        async with session, _committed(session):
             yield session
-        for callback in session.info.pop(AFTER_COMMIT, []):
-            try:
-                await callback()
-            except Exception:
-                # The transaction is committed: what the callback does (enqueue, publish) is
-                # recovered by the sweep, so the caller still succeeded.
-                log.exception("after-commit callback %r failed", callback)
+
+
+@asynccontextmanager
+async def _committed(session: AsyncSession) -> AsyncIterator[None]:
+    async with session.begin():
+        yield
+    for callback in session.info.pop(AFTER_COMMIT, []):
+        try:
+            await callback()
+        except Exception:
+            # The transaction is committed: what the callback does (enqueue, publish) is
+            # recovered by the sweep, so the caller still succeeded.
+            log.exception("after-commit callback %r failed", callback)
 
 
 _NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")

@@ -17,6 +17,7 @@ from app.errors import install_error_handlers
 from app.events.router import router as events_router
 from app.executions.router import router as executions_router
 from app.redis import arq_pool
+from app.schedules.router import router as schedules_router
 from app.streams.hub import Hub
 from app.streams.router import router as streams_router
 from app.webhooks.router import router as webhooks_router
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(executions_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)
+    app.include_router(schedules_router)
     app.include_router(admin_router)
     app.include_router(streams_router)
     app.include_router(dashboard_router)

@@ -182,3 +182,17 @@ def test_a_misconfigured_webhook_stops_the_start(monkeypatch, endpoint, secret, 
     with pytest.raises(ValidationError) as raised:
         Settings.model_validate({"webhooks": {"hook": table}})
     assert complaint in describe_settings_error(raised.value)
+
+
+def test_the_readme_schedule_example_is_valid_configuration(tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme[readme.index("[schedules.nightly-audit]") :]
+    config = tmp_path / "agents.toml"
+    config.write_text(block[: block.index("```")])
+    monkeypatch.setenv("AGENTS_CONFIG_FILE", str(config))
+    schedule = Settings().schedules["nightly-audit"]
+    assert (schedule.cron, schedule.timezone, schedule.user) == (
+        "0 3 * * *",
+        "Europe/Berlin",
+        "ops@example.com",
+    )

@@ -13,9 +13,10 @@ from arq.worker import Function, func
 
 from app.events.service import expire_wait
 from app.executions.engine import WorkerContext, run_execution
-from app.executions.jobs import EXPIRE_WAIT, RUN_EXECUTION, START_SCHEDULED
+from app.executions.jobs import EXPIRE_WAIT, FIRE_SCHEDULES, RUN_EXECUTION, START_SCHEDULED
 from app.executions.recovery import start_scheduled as start_if_due
 from app.executions.recovery import sweep
+from app.schedules.service import fire_due_schedules
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ async def start_scheduled(ctx: WorkerContext, execution_id: str) -> str:
     return "started" if started else "not due"
 
 
+async def fire_schedules(ctx: WorkerContext) -> int:
+    """A cron schedule's timer: fires every schedule that is due."""
+    return await fire_due_schedules(ctx["db"], ctx["redis"], ctx["settings"])
+
+
 def functions(job_timeout: float) -> list[Function]:
     # keep_result blocks re-use of a job id for that long: that is what makes a duplicate
     # enqueue of the same chunk a no-op (job ids are ``{execution}:{lease}``).
@@ -52,6 +58,7 @@ def functions(job_timeout: float) -> list[Function]:
         ),
         func(cast(WorkerCoroutine, expire_event_wait), name=EXPIRE_WAIT, max_tries=3),
         func(cast(WorkerCoroutine, start_scheduled), name=START_SCHEDULED, max_tries=3),
+        func(cast(WorkerCoroutine, fire_schedules), name=FIRE_SCHEDULES, max_tries=3),
     ]
 
 

@@ -11,9 +11,12 @@ import time
 from arq.connections import RedisSettings
 from arq.worker import Worker
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.executions.interrupts import listen_for_stops
+from app.redis import arq_pool
+from app.schedules.service import sync_configured_schedules
 from workers.context import close_context, open_context
 from workers.jobs import cron_jobs, functions
 
@@ -36,6 +39,7 @@ class WorkerGroup:
     async def run(self, *, handle_signals: bool = True) -> None:
         assert self.settings.redis_url, "redis_url must be resolved before workers start"
         ctx = await open_context(self.settings, self.settings.worker.max_jobs * len(self.queues))
+        await self._sync_schedules(ctx["db"])
         redis_settings = RedisSettings.from_dsn(self.settings.redis_url)
         tuning = self.settings.worker
         for index, queue in enumerate(self.queues):
@@ -76,6 +80,15 @@ class WorkerGroup:
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
             await close_context(ctx)
+
+    async def _sync_schedules(self, db: AsyncEngine) -> None:
+        """The configured cron schedules become the schedules marked as configured."""
+        assert self.settings.redis_url
+        redis = await arq_pool(self.settings.redis_url)
+        try:
+            await sync_configured_schedules(db, redis, self.settings)
+        finally:
+            await redis.aclose()
 
     async def _stop_when_idle(self) -> None:
         """For ``burst``: stop once, twice in a row, no job runs and none is due."""

@@ -6,6 +6,7 @@ move is one conditional UPDATE, so of two racing deliveries only one wakes a giv
 event nobody waits for is kept in ``agent_events``; a wait that starts within
 ``events.buffer_seconds`` takes it.
 """
+
 from __future__ import annotations
 
 import uuid

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.agents.state import SubagentResult, SubagentTask
 from app.config import SUBAGENT_PREFIX, Settings
+from app.db import transaction_connection
 from app.executions import subagent_repository
 from app.executions.subagent_repository import ChildResult
 from app.executions.transitions import TERMINAL, Status, StatusChange
@@ -44,7 +45,7 @@ async def wake_parent(db: AsyncEngine, parent_id: uuid.UUID) -> StatusChange | N
     Run after each child's terminal write: the parent row lock serialises siblings finishing
     together, and the last one to commit sees every sibling finished.
     """
-    async with db.execution_options(isolation_level="READ COMMITTED").begin() as conn:
+    async with transaction_connection(db) as conn:
         if not await subagent_repository.lock_waiting_parent(conn, parent_id):
             return None
         children = await subagent_repository.child_results(conn, parent_id)

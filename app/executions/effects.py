@@ -16,10 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from arq.connections import ArqRedis
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.config import Settings
-from app.db import after_commit
+from app.db import after_commit, transaction_connection
 from app.events import repository as events_repository
 from app.executions import children, events
 from app.executions.interrupts import control_channel
@@ -120,7 +120,7 @@ class Effects:
         if "event" in wait and buffer > 0:
 
             async def take_kept() -> None:
-                async with self.db.execution_options(isolation_level="READ COMMITTED").begin() as c:
+                async with transaction_connection(self.db) as c:
                     await events_repository.lock_events(c, change.user_id, wait["event"])
                     taken = await events_repository.take_kept_event(
                         c, execution_id, wait["event"], buffer
@@ -151,7 +151,8 @@ def after_commit_effects(session: AsyncSession, redis: ArqRedis, settings: Setti
     """The effects of the session's transaction, run once it has committed."""
     effects: Effects | None = session.info.get(_EFFECTS)
     if effects is None:
-        db = session.bind
+        bind = session.bind
+        db = bind.engine if isinstance(bind, AsyncConnection) else bind
         assert isinstance(db, AsyncEngine)
         effects = session.info[_EFFECTS] = Effects(redis, db, settings)
         after_commit(session, effects.run)

@@ -17,6 +17,7 @@ from redis.exceptions import NoScriptError
 RUN_EXECUTION = "run_execution"
 EXPIRE_WAIT = "expire_event_wait"
 START_SCHEDULED = "start_scheduled"
+FIRE_SCHEDULES = "fire_schedules"
 
 # arq's enqueue_job (WATCH, EXISTS, MULTI/PSETEX/ZADD/EXEC: three round trips) as one atomic
 # script: one round trip on the start and chunk paths. Same keys and payload as arq writes.
@@ -86,4 +87,17 @@ async def enqueue_start_timer(
         _job_id=f"{execution_id}:start:{lease}",
         _queue_name=queue,
         _defer_until=run_at,
+    )
+
+
+async def enqueue_schedule_timer(
+    redis: ArqRedis, schedule_id: int, at: datetime, queue: str
+) -> None:
+    """Queue the job that fires due cron schedules at ``at``, for the schedule's next fire (the
+    sweep fires one whose job was lost, within ``worker.sweep_interval``)."""
+    await redis.enqueue_job(
+        FIRE_SCHEDULES,
+        _job_id=f"schedule:{schedule_id}:{int(at.timestamp())}",
+        _queue_name=queue,
+        _defer_until=at,
     )

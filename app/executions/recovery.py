@@ -4,7 +4,8 @@
   job under their current lease (they resume from their last committed step), at most
   ``max_recoveries`` times; after that they fail with ``worker_lost``.
 - ``pending`` executions that have waited longer than ``stale_after`` with no job queued get
-  their job again; ``scheduled`` ones whose time has come start (their timer job was lost).
+  their job again; ``scheduled`` ones whose time has come start, and due cron schedules fire
+  (their timer jobs were lost).
 - parents waiting for subagents that have all finished are woken, and waits for events whose
   deadline passed end (their timer jobs were lost); webhook message ids older than 30 days and
   events older than ``events.retention_days`` are forgotten.
@@ -31,6 +32,7 @@ from app.executions import recovery_repository, subagent_repository
 from app.executions.children import wake_parent
 from app.executions.effects import Effects
 from app.executions.jobs import enqueue_chunk, job_id
+from app.schedules.service import fire_due_schedules
 from app.webhooks.repository import prune_messages
 from app.webhooks.service import KEEP_MESSAGES_SECONDS
 
@@ -63,6 +65,7 @@ class SweepReport:
     woken: int = 0
     expired: int = 0
     started: int = 0
+    fired: int = 0
 
 
 def _recovery_job(attempt: int) -> str:
@@ -113,6 +116,7 @@ async def sweep(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> SweepRe
     async with db.connect() as conn:
         due = await recovery_repository.due_scheduled(conn, _BATCH)
     report.started = sum([await start_scheduled(db, redis, settings, i) for i in due])
+    report.fired = await fire_due_schedules(db, redis, settings)
     async with db.begin() as conn:
         await prune_messages(conn, KEEP_MESSAGES_SECONDS)
         await prune_events(conn, settings.events.retention_days * 86_400)

@@ -40,18 +40,27 @@ def upgrade() -> None:
         sa.Column("last_execution_id", sa.UUID(), nullable=True),
         sa.Column("last_skip", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column(
-            "updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
-            ["last_execution_id"], ["agent_executions.id"],
+            ["last_execution_id"],
+            ["agent_executions.id"],
             name=op.f("fk_agent_schedules_last_execution_id_agent_executions"),
             ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_agent_schedules_user_id_users"),
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_agent_schedules_user_id_users"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_agent_schedules")),
@@ -70,15 +79,22 @@ def upgrade() -> None:
         sa.Column("execution_id", sa.UUID(), nullable=True),
         sa.Column("skipped_reason", sa.Text(), nullable=True),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.ForeignKeyConstraint(
-            ["execution_id"], ["agent_executions.id"],
-            name=op.f("fk_schedule_fires_execution_id_agent_executions"), ondelete="SET NULL",
+            ["execution_id"],
+            ["agent_executions.id"],
+            name=op.f("fk_schedule_fires_execution_id_agent_executions"),
+            ondelete="SET NULL",
         ),
         sa.ForeignKeyConstraint(
-            ["schedule_id"], ["agent_schedules.id"],
-            name=op.f("fk_schedule_fires_schedule_id_agent_schedules"), ondelete="CASCADE",
+            ["schedule_id"],
+            ["agent_schedules.id"],
+            name=op.f("fk_schedule_fires_schedule_id_agent_schedules"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("schedule_id", "fire_time", name=op.f("pk_schedule_fires")),
     )
