@@ -72,6 +72,20 @@ class EventSettings(_Section):
     )
 
 
+class OutboundWebhooks(_Section):
+    """Deliveries to webhook subscribers: retried with exponential backoff and jitter from
+    ``first_retry_seconds`` up to ``max_retry_seconds`` apart, ``max_attempts`` in all (by
+    default 12 over about 20 hours)."""
+
+    max_attempts: PositiveInt = 12
+    first_retry_seconds: PositiveFloat = 60
+    max_retry_seconds: PositiveFloat = 6 * 3600
+    timeout_seconds: PositiveFloat = 10
+    # Loopback, private, link-local (cloud metadata) and other non-public addresses are
+    # refused unless this is set (for development and tests).
+    allow_private_networks: bool = False
+
+
 class SchedulingSettings(_Section):
     """A start may be scheduled at most ``horizon_days`` ahead."""
 
@@ -222,6 +236,7 @@ class Settings(BaseSettings):
     subagents: dict[str, AgentTypeSpec] = Field(default_factory=dict)
     events: EventSettings = Field(default_factory=EventSettings)
     scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
+    outbound_webhooks: OutboundWebhooks = Field(default_factory=OutboundWebhooks)
     webhooks: dict[str, WebhookEndpoint] = Field(default_factory=dict)
     schedules: dict[str, ScheduleConfig] = Field(default_factory=dict)
     # Private, so secrets stay out of repr() and model_dump().

@@ -16,6 +16,7 @@ from app.db import create_engine, session_factory
 from app.errors import install_error_handlers
 from app.events.router import router as events_router
 from app.executions.router import router as executions_router
+from app.outbound.router import router as outbound_router
 from app.redis import arq_pool
 from app.schedules.router import router as schedules_router
 from app.streams.hub import Hub
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events_router)
     app.include_router(webhooks_router)
     app.include_router(schedules_router)
+    app.include_router(outbound_router)
     app.include_router(admin_router)
     app.include_router(streams_router)
     app.include_router(dashboard_router)

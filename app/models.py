@@ -4,11 +4,14 @@ from app.auth.models import ApiToken, User
 from app.db import Base
 from app.events.models import Event, WebhookMessage
 from app.executions.models import Execution, ExecutionLog, ExecutionMessage, ExecutionSignal
+from app.outbound.models import Attempt, Delivery, Subscription
 from app.schedules.models import Schedule, ScheduleFire
 
 __all__ = [
     "ApiToken",
+    "Attempt",
     "Base",
+    "Delivery",
     "Event",
     "Execution",
     "ExecutionLog",
@@ -16,6 +19,7 @@ __all__ = [
     "ExecutionSignal",
     "Schedule",
     "ScheduleFire",
+    "Subscription",
     "User",
     "WebhookMessage",
 ]

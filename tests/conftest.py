@@ -24,7 +24,8 @@ from workers.runner import WorkerGroup
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = (
-    "schedule_fires, agent_schedules, webhook_messages, agent_events, agent_signals, agent_logs, "
+    "webhook_attempts, webhook_deliveries, webhook_subscriptions, schedule_fires, agent_schedules, "
+    "webhook_messages, agent_events, agent_signals, agent_logs, "
     "agent_messages, agent_executions, "
     "api_tokens, users"
 )

@@ -13,9 +13,16 @@ from arq.worker import Function, func
 
 from app.events.service import expire_wait
 from app.executions.engine import WorkerContext, run_execution
-from app.executions.jobs import EXPIRE_WAIT, FIRE_SCHEDULES, RUN_EXECUTION, START_SCHEDULED
+from app.executions.jobs import (
+    DELIVER_WEBHOOK,
+    EXPIRE_WAIT,
+    FIRE_SCHEDULES,
+    RUN_EXECUTION,
+    START_SCHEDULED,
+)
 from app.executions.recovery import start_scheduled as start_if_due
 from app.executions.recovery import sweep
+from app.outbound.service import attempt_delivery
 from app.schedules.service import fire_due_schedules
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,13 @@ async def fire_schedules(ctx: WorkerContext) -> int:
     return await fire_due_schedules(ctx["db"], ctx["redis"], ctx["settings"])
 
 
+async def deliver_webhook(ctx: WorkerContext, delivery_id: int) -> str:
+    """One attempt of a webhook delivery; the next is queued when it must be retried."""
+    return await attempt_delivery(
+        ctx["db"], ctx["redis"], ctx["http"], ctx["settings"], delivery_id
+    )
+
+
 def functions(job_timeout: float) -> list[Function]:
     # keep_result blocks re-use of a job id for that long: that is what makes a duplicate
     # enqueue of the same chunk a no-op (job ids are ``{execution}:{lease}``).
@@ -59,6 +73,7 @@ def functions(job_timeout: float) -> list[Function]:
         func(cast(WorkerCoroutine, expire_event_wait), name=EXPIRE_WAIT, max_tries=3),
         func(cast(WorkerCoroutine, start_scheduled), name=START_SCHEDULED, max_tries=3),
         func(cast(WorkerCoroutine, fire_schedules), name=FIRE_SCHEDULES, max_tries=3),
+        func(cast(WorkerCoroutine, deliver_webhook), name=DELIVER_WEBHOOK, max_tries=1),
     ]
 
 

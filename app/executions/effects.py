@@ -25,6 +25,8 @@ from app.executions import children, events
 from app.executions.interrupts import control_channel
 from app.executions.jobs import enqueue_chunk, enqueue_start_timer, enqueue_wait_timer
 from app.executions.transitions import RESUME_WAITING, TERMINAL, Signal, Status, StatusChange
+from app.outbound import service as outbound
+from app.outbound.service import SUBSCRIBABLE
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,13 @@ class Effects:
             self.wake_parent(change.parent_id)
         if change.status is Status.AWAITING_EVENT and change.wait:
             self._waiting(change, change.wait)
+        if change.status in SUBSCRIBABLE:
+            queue = self.settings.queues.default
+            self._add(
+                "notify webhook subscribers",
+                change.execution_id,
+                lambda: outbound.notify(self.db, self.redis, queue, change),
+            )
         if change.status is Status.SCHEDULED and change.run_at is not None:
             run_at = change.run_at
             self._add(

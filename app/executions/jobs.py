@@ -18,6 +18,7 @@ RUN_EXECUTION = "run_execution"
 EXPIRE_WAIT = "expire_event_wait"
 START_SCHEDULED = "start_scheduled"
 FIRE_SCHEDULES = "fire_schedules"
+DELIVER_WEBHOOK = "deliver_webhook"
 
 # arq's enqueue_job (WATCH, EXISTS, MULTI/PSETEX/ZADD/EXEC: three round trips) as one atomic
 # script: one round trip on the start and chunk paths. Same keys and payload as arq writes.
@@ -98,6 +99,19 @@ async def enqueue_schedule_timer(
     await redis.enqueue_job(
         FIRE_SCHEDULES,
         _job_id=f"schedule:{schedule_id}:{int(at.timestamp())}",
+        _queue_name=queue,
+        _defer_until=at,
+    )
+
+
+async def enqueue_webhook_attempt(
+    redis: ArqRedis, queue: str, delivery_id: int, attempt: int, at: datetime, *, suffix: str = ""
+) -> None:
+    """Queue attempt ``attempt`` of a webhook delivery for ``at``."""
+    await redis.enqueue_job(
+        DELIVER_WEBHOOK,
+        delivery_id,
+        _job_id=f"webhook:{delivery_id}:{attempt}{suffix}",
         _queue_name=queue,
         _defer_until=at,
     )

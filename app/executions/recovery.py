@@ -5,7 +5,7 @@
   ``max_recoveries`` times; after that they fail with ``worker_lost``.
 - ``pending`` executions that have waited longer than ``stale_after`` with no job queued get
   their job again; ``scheduled`` ones whose time has come start, and due cron schedules fire
-  (their timer jobs were lost).
+  (their timer jobs were lost); webhook deliveries whose attempt job was lost are queued again.
 - parents waiting for subagents that have all finished are woken, and waits for events whose
   deadline passed end (their timer jobs were lost); webhook message ids older than 30 days and
   events older than ``events.retention_days`` are forgotten.
@@ -32,6 +32,7 @@ from app.executions import recovery_repository, subagent_repository
 from app.executions.children import wake_parent
 from app.executions.effects import Effects
 from app.executions.jobs import enqueue_chunk, job_id
+from app.outbound.service import queue_overdue
 from app.schedules.service import fire_due_schedules
 from app.webhooks.repository import prune_messages
 from app.webhooks.service import KEEP_MESSAGES_SECONDS
@@ -66,6 +67,7 @@ class SweepReport:
     expired: int = 0
     started: int = 0
     fired: int = 0
+    notified: int = 0
 
 
 def _recovery_job(attempt: int) -> str:
@@ -117,6 +119,7 @@ async def sweep(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> SweepRe
         due = await recovery_repository.due_scheduled(conn, _BATCH)
     report.started = sum([await start_scheduled(db, redis, settings, i) for i in due])
     report.fired = await fire_due_schedules(db, redis, settings)
+    report.notified = await queue_overdue(db, redis, settings.queues.default)
     async with db.begin() as conn:
         await prune_messages(conn, KEEP_MESSAGES_SECONDS)
         await prune_events(conn, settings.events.retention_days * 86_400)

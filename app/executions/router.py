@@ -25,9 +25,12 @@ from app.executions.schemas import (
     ExecutionPage,
     LogEntry,
     SendInput,
+    StartedExecution,
     StartExecution,
 )
 from app.executions.transitions import Signal, Status
+from app.outbound import service as outbound
+from app.outbound.schemas import SubscriptionCreated, SubscriptionOut
 
 router = APIRouter(prefix="/api/agents", tags=["executions"])
 
@@ -45,7 +48,7 @@ def _after(delay_seconds: float | None) -> datetime | None:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    response_model=ExecutionOut,
+    response_model=StartedExecution,
     operation_id="startExecution",
     summary="Start an agent execution",
     responses={
@@ -62,7 +65,7 @@ async def start_execution(
     session: SessionDep,
     settings: SettingsDep,
     redis: RedisDep,
-) -> ExecutionOut:
+) -> StartedExecution:
     execution = await service.start_execution(
         session,
         redis,
@@ -74,8 +77,20 @@ async def start_execution(
         body.await_event,
         body.run_at or _after(body.delay_seconds),
     )
+    started = StartedExecution.model_validate(execution)
+    if body.webhook is not None:
+        created = await outbound.create_subscription(
+            session,
+            settings,
+            user,
+            url=body.webhook.url,
+            events=list(body.webhook.events),
+            execution_id=execution.id,
+        )
+        out = SubscriptionOut.model_validate(created.subscription).model_dump()
+        started.webhook = SubscriptionCreated(**out, secret=created.secret)
     response.headers["Location"] = f"/api/agents/{execution.id}"
-    return ExecutionOut.model_validate(execution)
+    return started
 
 
 @router.get(

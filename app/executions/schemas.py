@@ -9,6 +9,7 @@ from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, 
 
 from app.agents.event_tools import EVENT_TYPE_PATTERN, MAX_KEY_CHARS
 from app.executions.transitions import Status
+from app.outbound.schemas import SubscriptionCreated, WebhookTarget
 
 
 class ExecutionInput(BaseModel):
@@ -56,6 +57,9 @@ class StartExecution(BaseModel):
     )
     delay_seconds: float | None = Field(
         default=None, gt=0, description="Start this many seconds from now instead of now."
+    )
+    webhook: WebhookTarget | None = Field(
+        default=None, description="Be told by signed webhook when this execution reaches these."
     )
 
     @model_validator(mode="after")
@@ -130,6 +134,12 @@ class ChildSummary(BaseModel):
     step_count: int
     created_at: datetime
     completed_at: datetime | None
+
+
+class StartedExecution(ExecutionOut):
+    webhook: SubscriptionCreated | None = Field(
+        default=None, description="The subscription the start's ``webhook`` made, with its secret."
+    )
 
 
 class ExecutionDetail(ExecutionOut):
