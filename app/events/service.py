@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.events import repository
-from app.executions.effects import Effects, after_commit_effects
+from app.executions.effects import after_commit_effects, announce_committed
 from app.executions.transitions import Status
 
 
@@ -65,12 +65,7 @@ async def expire_wait(
     that the wait timed out. False when it is not due, or no longer waits."""
     async with db.begin() as conn:
         change = await repository.expire_wait(conn, execution_id)
-    if change is None:
-        return False
-    effects = Effects(redis, db, settings)
-    effects.announce(change)
-    await effects.run()
-    return True
+    return await announce_committed(db, redis, settings, change)
 
 
 async def expire_due_waits(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> int:

@@ -166,3 +166,15 @@ def after_commit_effects(session: AsyncSession, redis: ArqRedis, settings: Setti
         effects = session.info[_EFFECTS] = Effects(redis, db, settings)
         after_commit(session, effects.run)
     return effects
+
+
+async def announce_committed(
+    db: AsyncEngine, redis: ArqRedis, settings: Settings, change: StatusChange | None
+) -> bool:
+    """Run the effects of a change a statement has just committed; False if it made none."""
+    if change is None:
+        return False
+    effects = Effects(redis, db, settings)
+    effects.announce(change)
+    await effects.run()
+    return True

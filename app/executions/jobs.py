@@ -63,55 +63,47 @@ async def enqueue_chunk(
     return bool(added)
 
 
+async def enqueue_timer(
+    redis: ArqRedis, function: str, *args: object, job_id: str, queue: str, at: datetime
+) -> None:
+    """Queue ``function(*args)`` for ``at`` under ``job_id`` (a duplicate id is a no-op). Every
+    timer has a sweep behind it that acts if its job is lost."""
+    await redis.enqueue_job(function, *args, _job_id=job_id, _queue_name=queue, _defer_until=at)
+
+
 async def enqueue_wait_timer(
     redis: ArqRedis, execution_id: uuid.UUID, lease: int, queue: str, deadline: datetime
 ) -> None:
-    """Queue the job that ends a wait at its ``deadline`` (one per wait: the id holds the lease,
-    which a resume renews). The sweep ends a wait whose job was lost."""
-    await redis.enqueue_job(
-        EXPIRE_WAIT,
-        str(execution_id),
-        _job_id=f"{execution_id}:wait:{lease}",
-        _queue_name=queue,
-        _defer_until=deadline,
+    """The job that ends a wait at its ``deadline`` (one per wait: the id holds the lease, which
+    a resume renews)."""
+    job_id = f"{execution_id}:wait:{lease}"
+    await enqueue_timer(
+        redis, EXPIRE_WAIT, str(execution_id), job_id=job_id, queue=queue, at=deadline
     )
 
 
 async def enqueue_start_timer(
     redis: ArqRedis, execution_id: uuid.UUID, lease: int, queue: str, run_at: datetime
 ) -> None:
-    """Queue the job that starts a scheduled execution at ``run_at`` (the id holds the lease,
-    which a resume renews). The sweep starts one whose job was lost."""
-    await redis.enqueue_job(
-        START_SCHEDULED,
-        str(execution_id),
-        _job_id=f"{execution_id}:start:{lease}",
-        _queue_name=queue,
-        _defer_until=run_at,
+    """The job that starts a scheduled execution at ``run_at`` (the id holds the lease, which a
+    resume renews)."""
+    job_id = f"{execution_id}:start:{lease}"
+    await enqueue_timer(
+        redis, START_SCHEDULED, str(execution_id), job_id=job_id, queue=queue, at=run_at
     )
 
 
 async def enqueue_schedule_timer(
     redis: ArqRedis, schedule_id: int, at: datetime, queue: str
 ) -> None:
-    """Queue the job that fires due cron schedules at ``at``, for the schedule's next fire (the
-    sweep fires one whose job was lost, within ``worker.sweep_interval``)."""
-    await redis.enqueue_job(
-        FIRE_SCHEDULES,
-        _job_id=f"schedule:{schedule_id}:{int(at.timestamp())}",
-        _queue_name=queue,
-        _defer_until=at,
-    )
+    """The job that fires the due cron schedules at ``at``, a schedule's next fire."""
+    job_id = f"schedule:{schedule_id}:{int(at.timestamp())}"
+    await enqueue_timer(redis, FIRE_SCHEDULES, job_id=job_id, queue=queue, at=at)
 
 
 async def enqueue_webhook_attempt(
     redis: ArqRedis, queue: str, delivery_id: int, attempt: int, at: datetime, *, suffix: str = ""
 ) -> None:
-    """Queue attempt ``attempt`` of a webhook delivery for ``at``."""
-    await redis.enqueue_job(
-        DELIVER_WEBHOOK,
-        delivery_id,
-        _job_id=f"webhook:{delivery_id}:{attempt}{suffix}",
-        _queue_name=queue,
-        _defer_until=at,
-    )
+    """Attempt ``attempt`` of a webhook delivery, at ``at``."""
+    job_id = f"webhook:{delivery_id}:{attempt}{suffix}"
+    await enqueue_timer(redis, DELIVER_WEBHOOK, delivery_id, job_id=job_id, queue=queue, at=at)

@@ -30,7 +30,7 @@ from app.events.repository import prune_events
 from app.events.service import expire_due_waits
 from app.executions import recovery_repository, subagent_repository
 from app.executions.children import wake_parent
-from app.executions.effects import Effects
+from app.executions.effects import Effects, announce_committed
 from app.executions.jobs import enqueue_chunk, job_id
 from app.outbound.service import queue_overdue
 from app.schedules.service import fire_due_schedules
@@ -47,12 +47,7 @@ async def start_scheduled(
     and the sweep, only one starts it). False when it is not due or no longer scheduled."""
     async with db.begin() as conn:
         change = await recovery_repository.start_on_time(conn, execution_id)
-    if change is None:
-        return False
-    effects = Effects(redis, db, settings)
-    effects.announce(change)
-    await effects.run()
-    return True
+    return await announce_committed(db, redis, settings, change)
 
 
 _BATCH = 500
