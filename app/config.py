@@ -227,6 +227,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
     workspace_base: Path = Path(".data/workspaces")
     db_pool_size: PositiveInt = 20
+    max_body_bytes: PositiveInt = 2_000_000
     tiers: dict[Tier, TierLimits] = Field(default_factory=dict)
     queues: Queues = Field(default_factory=Queues)
     timeouts: Timeouts = Field(default_factory=Timeouts)

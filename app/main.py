@@ -16,6 +16,7 @@ from app.db import create_engine, session_factory
 from app.errors import install_error_handlers
 from app.events.router import router as events_router
 from app.executions.router import router as executions_router
+from app.limits_middleware import BodyLimit
 from app.outbound.router import router as outbound_router
 from app.redis import arq_pool
 from app.schedules.router import router as schedules_router
@@ -27,10 +28,10 @@ from app.webhooks.router import router as webhooks_router
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app; its lifespan raises :class:`~app.config.ServicesNotConfigured` if the settings
     (``Settings()`` when none are given) name no database or Redis."""
+    resolved = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        resolved = settings or Settings()
         # Never embedded servers here: ``agents dev`` resolves them before it builds the app.
         database_url, redis_url = resolved.service_urls()
         db = create_engine(database_url, pool_size=resolved.db_pool_size)
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=resolved.max_body_bytes)
     app.include_router(health.router)
     app.include_router(auth_router)
     app.include_router(executions_router)

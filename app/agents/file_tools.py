@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
+import re2
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.agents.tools import Tool, ToolContext, ToolError
@@ -25,6 +25,11 @@ MAX_SEARCH_MATCHES = 200
 MAX_MATCH_LINE_CHARS = 300
 # search_files skips larger files (logs, dumps) rather than spending its time in them.
 MAX_SEARCH_FILE_BYTES = 10_000_000
+MAX_SEARCH_FILES = 20_000
+MAX_PATTERN_CHARS = 1000
+# RE2 matches in time linear in the text, whatever the pattern (no backtracking); patterns that
+# would need more memory than this to compile are refused.
+_RE2_MAX_MEM = 8 << 20
 # Version-control internals: never what the model is looking for, often large.
 SKIPPED_DIRECTORIES = frozenset({".git", ".hg", ".svn"})
 
@@ -66,7 +71,11 @@ class EditFileArgs(_Args):
 
 
 class SearchFilesArgs(_Args):
-    pattern: str = Field(description="A Python regular expression, matched against each line.")
+    pattern: str = Field(
+        max_length=MAX_PATTERN_CHARS,
+        description="A regular expression in RE2 syntax (like Python's, without backreferences "
+        "or lookaround), matched against each line.",
+    )
     path: str = Field(
         default=".",
         description="File or directory to search, relative to the workspace root; "
@@ -298,7 +307,8 @@ class SearchFiles(Tool):
     name = "search_files"
     description = (
         "Search the text files under a workspace directory (or one file) for lines matching a "
-        "Python regular expression. Each match is reported as 'path:line: text'. At most "
+        "regular expression (RE2 syntax: no backreferences or lookaround). Each match is "
+        "reported as 'path:line: text'. At most "
         f"{MAX_SEARCH_MATCHES} matches; lines are cut at {MAX_MATCH_LINE_CHARS} characters; "
         "binary files, symlinks and .git directories are skipped."
     )
@@ -310,13 +320,10 @@ class SearchFiles(Tool):
 
     async def run(self, args: BaseModel, context: ToolContext) -> str:
         assert isinstance(args, SearchFilesArgs)  # invoke() validated against Args
-        try:
-            regex = re.compile(args.pattern)
-        except re.error as exc:
-            raise ToolError(f"invalid regular expression {args.pattern!r}: {exc}") from exc
+        regex = _compile(args.pattern)
         return await _in_thread(args.path, lambda: self._search(regex, args.path))
 
-    def _search(self, regex: re.Pattern[str], path: str) -> str:
+    def _search(self, regex: _Regex, path: str) -> str:
         top = self.workspace.resolve(path)
         matches: list[str] = []
         if top.is_file():
@@ -338,9 +345,10 @@ class SearchFiles(Tool):
         return result
 
     def _search_directory(
-        self, regex: re.Pattern[str], directory: Path, matches: list[str]
+        self, regex: _Regex, directory: Path, matches: list[str], scanned: list[int] | None = None
     ) -> bool:
-        """Search depth-first in name order; False when the match limit cut it short."""
+        """Search depth-first in name order; False when the match or file limit cut it short."""
+        scanned = [0] if scanned is None else scanned
         try:
             with os.scandir(directory) as scan:
                 children = sorted(scan, key=lambda entry: entry.name)
@@ -355,9 +363,12 @@ class SearchFiles(Tool):
             if child.is_dir(follow_symlinks=False):
                 if child.name in SKIPPED_DIRECTORIES:
                     continue
-                if not self._search_directory(regex, path, matches):
+                if not self._search_directory(regex, path, matches, scanned):
                     return False
             elif child.is_file(follow_symlinks=False):
+                scanned[0] += 1
+                if scanned[0] > MAX_SEARCH_FILES:
+                    return False
                 try:
                     if child.stat().st_size > MAX_SEARCH_FILE_BYTES or _is_binary(path):
                         continue
@@ -367,7 +378,7 @@ class SearchFiles(Tool):
                     continue  # unreadable file: skipped like a binary one
         return True
 
-    def _search_file(self, regex: re.Pattern[str], path: Path, matches: list[str]) -> bool:
+    def _search_file(self, regex: _Regex, path: Path, matches: list[str]) -> bool:
         shown = self.workspace.display(path)
         with path.open(encoding="utf-8", errors="replace", newline="") as file:
             for number, line in enumerate(file, start=1):
@@ -381,6 +392,26 @@ class SearchFiles(Tool):
                 # A NUL past the binary sniff cannot go into PostgreSQL text.
                 matches.append(f"{shown}:{number}: {text.replace(chr(0), chr(0xFFFD))}")
         return True
+
+
+class _Regex(Protocol):
+    def search(self, text: str) -> object: ...
+
+
+def _compile(pattern: str) -> _Regex:
+    """``pattern`` compiled by RE2: a search takes time linear in the line, so no pattern can
+    stall the worker (Python's ``re`` backtracks: ``(a+)+$`` on 40 a's runs for hours)."""
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = _RE2_MAX_MEM
+    try:
+        regex: _Regex = re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = str(exc)
+        if reason.startswith(("b'", 'b"')):
+            reason = reason[2:-1]
+        raise ToolError(f"invalid regular expression {pattern!r}: {reason}") from None
+    return regex
 
 
 def file_tools(workspace: Workspace) -> list[Tool]:

@@ -162,10 +162,19 @@ class ControlResponse(BaseModel):
     accepted: bool
 
 
+MAX_ANSWER_BYTES = 256_000
+
+
 class AnswerInput(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     answer: str = Field(min_length=1, max_length=200_000)
+
+    @model_validator(mode="after")
+    def _fits_storage(self) -> AnswerInput:
+        if storable_size(self.model_dump(), "input") > MAX_ANSWER_BYTES:
+            raise ValueError(f"input is larger than {MAX_ANSWER_BYTES} bytes as JSON")
+        return self
 
 
 class SendInput(BaseModel):

@@ -26,6 +26,10 @@ def check_url_form(url: str) -> str:
         raise RefusedURL("the URL has no host")
     if parts.username or parts.password:
         raise RefusedURL("credentials in the URL are not allowed; use the signature")
+    try:
+        _ = parts.port  # parsed on access: "http://host:99999/" fails here
+    except ValueError:
+        raise RefusedURL("the URL's port is not a number from 0 to 65535") from None
     return url
 
 

@@ -257,7 +257,9 @@ async def _post(
                     break  # only the start of a reply is kept
             return _Result(
                 status_code=response.status_code,
-                excerpt=excerpt[:EXCERPT_BYTES].decode(errors="replace"),
+                # PostgreSQL text cannot hold NUL: a binary reply would make the attempt
+                # unrecordable.
+                excerpt=excerpt[:EXCERPT_BYTES].decode(errors="replace").replace("\x00", ""),
                 retry_after=_retry_after(response.headers.get("retry-after")),
             )
     except httpx.TimeoutException:
@@ -282,6 +284,8 @@ def _retry_after(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # asctime() and "-0000" dates: HTTP dates are in GMT
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 

@@ -9,7 +9,7 @@ from starlette.types import Message, Send
 
 from app.auth.dependencies import AdminUser, CurrentUser
 from app.deps import SessionDep
-from app.errors import ExecutionNotFound, Forbidden, Unauthorized
+from app.errors import BadRequest, ExecutionNotFound, Forbidden, Unauthorized
 from app.executions import service
 from app.streams.sse import execution_events
 from app.streams.websocket import serve_dashboard_socket
@@ -25,6 +25,7 @@ _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
         "final `finished` `{status}` when the execution is terminal. Each event's id is its "
         "`agent_logs` id: reconnect with `Last-Event-ID` (or `after_id`) to resume.",
     },
+    **BadRequest.openapi(),
     **Unauthorized.openapi(),
     **ExecutionNotFound.openapi(),
 }
@@ -42,10 +43,18 @@ class ProgressStream(EventSourceResponse):
         await send(message)
 
 
+_MAX_EVENT_ID = 2**63 - 1
+
+
 def _cursor(last_event_id: str | None, after_id: int | None) -> int:
-    if last_event_id and last_event_id.strip().isdigit():
-        return int(last_event_id.strip())
-    return after_id or 0
+    """Where the stream resumes: ``Last-Event-ID`` (an event id this service sent), else
+    ``after_id``. Anything else in the header is a 400, not a guess."""
+    if last_event_id is None or not last_event_id.strip():
+        return after_id or 0
+    value = last_event_id.strip()
+    if not (value.isascii() and value.isdigit() and len(value) <= 19) or int(value) > _MAX_EVENT_ID:
+        raise BadRequest("Last-Event-ID must be the id of an event this stream sent.")
+    return int(value)
 
 
 def _stream(request: Request, execution_id: uuid.UUID, after: int) -> EventSourceResponse:

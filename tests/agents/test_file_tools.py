@@ -1,6 +1,7 @@
 """File tools: what they do inside the workspace, and that nothing escapes it."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -404,7 +405,7 @@ async def test_search_files_under_a_path(tools: dict[str, Tool], tree: Path) -> 
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"pattern": "("}, "error: invalid regular expression '(': missing ), unterminated"),
+        ({"pattern": "("}, "error: invalid regular expression '(': missing )"),
         ({"pattern": "x", "path": "nope"}, "error: no such file or directory: nope"),
         ({"pattern": "PNG", "path": "image.png"}, "error: image.png looks like a binary file"),
         ({"path": "src"}, "error: invalid arguments for search_files: pattern: Field required"),
@@ -452,3 +453,30 @@ async def test_search_skips_symlinks_within_the_workspace(
     assert await tools["search_files"].invoke({"pattern": "needle", "path": "alias"}) == (
         "real/f.txt:1: needle"
     )
+
+
+async def test_a_catastrophic_pattern_cannot_stall_the_worker(root: Path) -> None:
+    # With a backtracking engine, (a+)+$ against 40 a's and a b runs for hours holding the GIL.
+    (root / "evil.txt").write_text("a" * 40 + "b\n" + ("a" * 5000 + "b\n") * 200)
+    tools = {tool.name: tool for tool in file_tools(Workspace(root))}
+    started = time.monotonic()
+    result = await tools["search_files"].invoke({"pattern": "(a+)+$"})
+    assert result == "no matches"
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("pattern", "reason"),
+    [
+        (r"(a)\1", "invalid regular expression"),  # a backreference: RE2 has none
+        ("(?=a)", "invalid regular expression"),  # lookaround neither
+        ("x" * 1001, "at most 1000 characters"),
+    ],
+)
+async def test_patterns_a_linear_engine_cannot_run_are_refused(
+    root: Path, pattern: str, reason: str
+) -> None:
+    tools = {tool.name: tool for tool in file_tools(Workspace(root))}
+    result = await tools["search_files"].invoke({"pattern": pattern})
+    assert result.startswith("error:")
+    assert reason in result
