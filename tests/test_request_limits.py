@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
 import httpx
 import psutil
@@ -15,7 +16,7 @@ async def test_a_huge_anonymous_body_is_refused_while_it_is_read(make_settings, 
     settings = make_settings()
     process = psutil.Process(os.getpid())
 
-    async def fifty_megabytes():
+    async def fifty_megabytes() -> AsyncIterator[bytes]:
         chunk = b"x" * (1 << 20)
         for _ in range(50):
             yield chunk
