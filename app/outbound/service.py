@@ -9,8 +9,10 @@ connection error, a 429 or a 5xx is retried with exponential backoff and jitter 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import logging
 import random
 import secrets
 import time
@@ -35,6 +37,8 @@ from app.outbound import repository
 from app.outbound.guard import RefusedURL, check_destination
 from app.outbound.models import Attempt, Delivery, Subscription
 from app.webhooks.signatures import sign_standard
+
+log = logging.getLogger(__name__)
 
 # The statuses a subscription may ask to hear about.
 SUBSCRIBABLE = frozenset(
@@ -110,6 +114,10 @@ async def notify(db: AsyncEngine, redis: ArqRedis, queue: str, change: StatusCha
     attempts; how many."""
     if change.status not in SUBSCRIBABLE:
         return 0
+    # Most users have no subscriptions: one plain read (no transaction on a worker) says so.
+    async with db.connect() as conn:
+        if not await repository.has_subscriptions(conn, change.user_id):
+            return 0
     async with engine_transaction(db) as session:
         subscriptions = await repository.subscribers(
             session, change.user_id, change.execution_id, change.status.value
@@ -182,7 +190,11 @@ async def attempt_delivery(
         subscription = await session.get(Subscription, delivery.subscription_id)
         assert subscription is not None  # deliveries go with their subscription
         started = time.monotonic()
-        result = await _post(http, tuning, subscription, delivery)
+        try:
+            result = await _post(http, tuning, subscription, delivery)
+        except Exception as exc:  # recorded as an attempt, so it counts towards max_attempts
+            log.exception("webhook delivery %s failed unexpectedly", delivery_id)
+            result = _Result(error=f"internal error: {type(exc).__name__}")
         duration_ms = int((time.monotonic() - started) * 1000)
         number = delivery.attempts + 1
         now = datetime.now(UTC)
@@ -242,14 +254,19 @@ async def _post(
         ),
     }
     try:
-        async with http.stream(
-            "POST",
-            subscription.url,
-            content=body,
-            headers=headers,
-            timeout=tuning.timeout_seconds,
-            follow_redirects=False,
-        ) as response:
+        # httpx's timeout bounds each read: a reply trickling in would hold the attempt (and its
+        # row lock) for as long as it liked. The whole attempt gets timeout_seconds.
+        async with (
+            asyncio.timeout(tuning.timeout_seconds),
+            http.stream(
+                "POST",
+                subscription.url,
+                content=body,
+                headers=headers,
+                timeout=tuning.timeout_seconds,
+                follow_redirects=False,
+            ) as response,
+        ):
             excerpt = b""
             async for chunk in response.aiter_bytes():
                 excerpt += chunk
@@ -262,7 +279,7 @@ async def _post(
                 excerpt=excerpt[:EXCERPT_BYTES].decode(errors="replace").replace("\x00", ""),
                 retry_after=_retry_after(response.headers.get("retry-after")),
             )
-    except httpx.TimeoutException:
+    except (httpx.TimeoutException, TimeoutError):
         return _Result(error=f"timed out after {tuning.timeout_seconds:g} s")
     except httpx.HTTPError as exc:
         return _Result(error=f"{type(exc).__name__}: {exc}"[:500])
