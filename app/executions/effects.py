@@ -95,7 +95,7 @@ class Effects:
             self.wake_parent(change.parent_id)
         if change.status is Status.AWAITING_EVENT and change.wait:
             self._waiting(change, change.wait)
-        if change.status in SUBSCRIBABLE:
+        if change.status in SUBSCRIBABLE and change.subscribed:
             queue = self.settings.queues.default
             self._add(
                 "notify webhook subscribers",

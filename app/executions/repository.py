@@ -26,6 +26,7 @@ from app.executions.transitions import (
     RESUME,
     RESUME_SCHEDULED,
     RESUME_WAITING,
+    SUBSCRIBED,
     TERMINAL,
     TERMINAL_SQL,
     WAIT_WITH_DEADLINE,
@@ -51,7 +52,9 @@ def _insert_execution(move: Move) -> TextClause:
                     {WAIT_WITH_DEADLINE.format(wait="CAST(:wait AS jsonb)")}, :run_at)
             RETURNING *
         ), status_log AS ({creation_log(move, source="execution")})
-        SELECT execution.*, '{move.name}' AS move, status_log.id AS log_id,
+        SELECT execution.*, '{move.name}' AS move,
+               {SUBSCRIBED.replace("e.user_id", "execution.user_id")} AS subscribed,
+               status_log.id AS log_id,
                status_log.context AS log_context
         FROM execution, status_log
         """

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.outbound.models import Attempt, Delivery, Subscription
 
@@ -35,13 +35,6 @@ async def list_subscriptions(session: AsyncSession, user_id: int) -> list[Subscr
 
 async def delete_subscription(session: AsyncSession, subscription: Subscription) -> None:
     await session.delete(subscription)
-
-
-async def has_subscriptions(conn: AsyncConnection, user_id: int) -> bool:
-    found = await conn.scalar(
-        select(Subscription.id).where(Subscription.user_id == user_id).limit(1)
-    )
-    return found is not None
 
 
 async def subscribers(

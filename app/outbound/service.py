@@ -114,10 +114,6 @@ async def notify(db: AsyncEngine, redis: ArqRedis, queue: str, change: StatusCha
     attempts; how many."""
     if change.status not in SUBSCRIBABLE:
         return 0
-    # Most users have no subscriptions: one plain read (no transaction on a worker) says so.
-    async with db.connect() as conn:
-        if not await repository.has_subscriptions(conn, change.user_id):
-            return 0
     async with engine_transaction(db) as session:
         subscriptions = await repository.subscribers(
             session, change.user_id, change.execution_id, change.status.value
