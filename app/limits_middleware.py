@@ -12,8 +12,8 @@ from app.errors import PROBLEM_CONTENT_TYPE, PayloadTooLarge
 
 class BodyLimit:
     """Refuse (413) a request whose body is over ``max_bytes``: at once when its
-    ``Content-Length`` says so, else as soon as the bytes read pass it. A body within the limit
-    is handed on whole."""
+    ``Content-Length`` says so, else (a chunked body) as soon as the bytes read pass it; such a
+    body within the limit is handed on whole."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -24,8 +24,12 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+        if declared.isdigit():
+            if int(declared) > self.max_bytes:
+                await self._refuse(send)
+                return
+            # The server reads no more than the declared length: nothing to count.
+            await self.app(scope, receive, send)
             return
         body = bytearray()
         while True:
