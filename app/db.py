@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -63,15 +69,49 @@ def json_serializer(value: object) -> str:
     return encoded
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
+    """``pre_ping`` checks a pooled connection before handing it out (one round trip), so a
+    database restart costs no request an error; the worker's per-step engine goes without and
+    handles a dead connection as a transient error instead."""
     return create_async_engine(
         async_url(url),
         # The tier check relies on it: a statement sees rows committed before it started.
         isolation_level="READ COMMITTED",
         pool_size=pool_size,
         max_overflow=pool_size,
+        pool_pre_ping=pre_ping,
         json_serializer=json_serializer,
     )
+
+
+_TRANSIENT = (
+    ConnectionError,  # refused, reset, broken pipe
+    socket.gaierror,  # the database's name did not resolve
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # a restart or an administrator's terminate
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InterfaceError,  # the connection is closed
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is the infrastructure failing for a moment (a dropped PostgreSQL or Redis
+    connection) rather than the work itself: worth retrying from the last commit."""
+    if isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or isinstance(exc, InterfaceError)
+    ):
+        return True
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, _TRANSIENT):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -147,15 +187,33 @@ class RawStatement:
 
     async def fetchrow(self, conn: AsyncConnection, values: Mapping[str, Any]) -> Any:
         """The first row (an asyncpg ``Record``) or None; jsonb comes back decoded."""
-        return await (await _driver(conn)).fetchrow(self.sql, *self._args(values))
+        driver = await _driver(conn)
+        try:
+            return await driver.fetchrow(self.sql, *self._args(values))
+        except Exception as exc:
+            await _forget_if_dead(conn, exc)
+            raise
 
     async def execute(self, conn: AsyncConnection, values: Mapping[str, Any]) -> str:
         """Run it; returns the command tag (``UPDATE 1``)."""
-        tag: str = await (await _driver(conn)).execute(self.sql, *self._args(values))
+        driver = await _driver(conn)
+        try:
+            tag: str = await driver.execute(self.sql, *self._args(values))
+        except Exception as exc:
+            await _forget_if_dead(conn, exc)
+            raise
         return tag
 
     def _args(self, values: Mapping[str, Any]) -> list[Any]:
         return [values[name] for name in self.names]
+
+
+async def _forget_if_dead(conn: AsyncConnection, exc: Exception) -> None:
+    """SQLAlchemy does not see errors raised on the raw connection: a dead one must be taken
+    out of the pool here, or the next step would get it again."""
+    if is_transient(exc):
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
 
 
 async def _driver(conn: AsyncConnection) -> Any:

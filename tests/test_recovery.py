@@ -140,3 +140,36 @@ async def test_heartbeat_after_the_final_step_is_not_a_lost_lease(
         assert await worker_repository.record_heartbeat(conn, execution.id, execution.lease)
         assert not await worker_repository.record_heartbeat(conn, execution.id, execution.lease - 1)
     assert (await load(sessions, created["id"])).heartbeat_at == execution.heartbeat_at
+
+
+async def test_a_database_restart_mid_step_does_not_fail_the_execution(
+    alice, db, sessions, make_settings, run_worker
+):
+    from tests.conftest import scripted_type
+    from tests.fixtures.api import api_client
+
+    settings = make_settings(agent_types={"slow": scripted_type(4, delay=0.3)})
+    async with api_client(settings) as http:
+        created = await start(http, alice, "slow")
+    worker = asyncio.create_task(run_worker(settings))
+    for _ in range(300):
+        if (await load(sessions, created["id"])).step_count >= 1:
+            break
+        await asyncio.sleep(0.01)
+    # Every other connection to the database is cut, as a restart would (the worker's included,
+    # with a step in flight): its next statement fails on a dead connection.
+    async with db.connect() as conn:
+        cut = await conn.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    assert cut is not None
+    assert cut >= 1
+    await worker
+    await asyncio.sleep(1.2)  # the retry waits a moment for the database to come back
+    await run_worker(settings)
+    execution = await load(sessions, created["id"])
+    assert (execution.status, execution.error) == ("completed", None)
+    assert await step_numbers(sessions, created["id"]) == [1, 2, 3, 4]

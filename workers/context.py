@@ -27,9 +27,10 @@ async def open_context(settings: Settings, concurrency: int) -> dict[str, Any]:
     """
     assert settings.database_url, "database_url must be resolved before workers start"
     pool_size = max(settings.db_pool_size, concurrency)
-    db = create_engine(settings.database_url, pool_size=pool_size).execution_options(
-        isolation_level="AUTOCOMMIT"
-    )
+    # No pre-ping: it would cost a round trip per step; a dead connection is a transient error.
+    db = create_engine(
+        settings.database_url, pool_size=pool_size, pre_ping=False
+    ).execution_options(isolation_level="AUTOCOMMIT")
     return {
         "settings": settings,
         "db": db,

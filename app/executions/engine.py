@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 
 import httpx
 from arq.connections import ArqRedis
+from arq.worker import Retry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.agents.agent import Agent, StepRecord
@@ -24,14 +25,21 @@ from app.agents.errors import AgentError
 from app.agents.registry import build_agent
 from app.agents.state import AgentState, EventOutcome, SubagentResult
 from app.config import Settings
+from app.db import is_transient
 from app.executions import events, subagent_repository, worker_repository
 from app.executions.children import new_children
 from app.executions.effects import Effects
 from app.executions.interrupts import RunningChunks
+from app.executions.jobs import enqueue_chunk
 from app.executions.transitions import ASK, COMPLETE, DELEGATE, WAIT, Signal, Status
 from app.executions.worker_repository import Claim, NewChild, StepCommit
 
 log = logging.getLogger(__name__)
+
+# Transient infrastructure failures a chunk is retried after (1, 2, 4, 8, 16 s apart): about
+# half a minute of a database or Redis restart; longer, and the sweep takes over.
+MAX_TRANSIENT_RETRIES = 5
+TRANSIENT_BACKOFF = 1.0
 
 _LIMIT_ERRORS = {
     "max_steps": "max_steps_exceeded",
@@ -274,13 +282,20 @@ async def _keep_alive(
             return
 
 
-async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> str:
-    """The arq job: advance ``execution_id`` if its lease is still ``lease``."""
+async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retries: int = 0) -> str:
+    """The arq job: advance ``execution_id`` if its lease is still ``lease``. ``retries``
+    counts the transient infrastructure failures that came before this job."""
     settings = ctx["settings"]
-    async with ctx["db"].connect() as conn:
-        claim = await worker_repository.claim_execution(
-            conn, uuid.UUID(execution_id), lease, ctx["worker_id"]
-        )
+    try:
+        async with ctx["db"].connect() as conn:
+            claim = await worker_repository.claim_execution(
+                conn, uuid.UUID(execution_id), lease, ctx["worker_id"]
+            )
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        # Nothing changed: the same job runs again later (arq's own retry, up to max_tries).
+        raise Retry(defer=TRANSIENT_BACKOFF * 2**retries) from exc
     if claim is None:
         return "skipped"
     runner = ChunkRunner(ctx, claim)
@@ -312,6 +327,17 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int) -> st
         await asyncio.shield(handover.run())
         raise
     except Exception as exc:
+        if is_transient(exc) and retries < MAX_TRANSIENT_RETRIES:
+            # PostgreSQL or Redis went away for a moment: not the agent's failure. The next
+            # job continues from the last committed step (a lost Redis leaves it to the sweep).
+            log.warning("execution %s: transient %s, retrying", execution_id, type(exc).__name__)
+            with contextlib.suppress(Exception):
+                await enqueue_chunk(
+                    ctx["redis"], claim.id, claim.lease, claim.queue,
+                    suffix=f":retry{retries + 1}", delay=TRANSIENT_BACKOFF * 2**retries,
+                    retries=retries + 1,
+                )  # fmt: skip
+            return "retry"
         log.exception("execution %s failed", execution_id)
         with contextlib.suppress(LeaseLost):
             await runner.fail_from(exc)

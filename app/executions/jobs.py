@@ -36,9 +36,17 @@ def job_id(execution_id: uuid.UUID | str, lease: int) -> str:
 
 
 async def enqueue_chunk(
-    redis: ArqRedis, execution_id: uuid.UUID | str, lease: int, queue: str, *, suffix: str = ""
+    redis: ArqRedis,
+    execution_id: uuid.UUID | str,
+    lease: int,
+    queue: str,
+    *,
+    suffix: str = "",
+    delay: float = 0.0,
+    retries: int = 0,
 ) -> bool:
-    """Queue the next chunk of an execution whose current lease is ``lease``.
+    """Queue the next chunk of an execution whose current lease is ``lease`` (``delay``
+    seconds from now; ``retries``: how many transient failures came before it).
 
     False when a job with that id already exists (queued, running, or its result kept).
     """
@@ -47,14 +55,14 @@ async def enqueue_chunk(
     payload = serialize_job(
         RUN_EXECUTION,
         (str(execution_id), lease),
-        {},
+        {"retries": retries} if retries else {},
         None,
         now_ms,
         serializer=redis.job_serializer,
     )
     keys_and_args: list[Any] = [
         job_key_prefix + job, result_key_prefix + job, queue,
-        expires_extra_ms, payload, now_ms, job,
+        expires_extra_ms, payload, now_ms + int(delay * 1000), job,
     ]  # fmt: skip
     try:
         added = await redis.evalsha(_ENQUEUE_SHA, 3, *keys_and_args)  # type: ignore[misc]
