@@ -105,6 +105,21 @@ async def _create_token(settings: Settings, email: str, name: str) -> None:
     await engine.dispose()
 
 
+async def _revoke_tokens(settings: Settings, email: str, name: str | None) -> None:
+    from app.auth.service import get_user_by_email, revoke_named_tokens
+    from app.db import create_engine, session_factory, transaction
+
+    assert settings.database_url
+    engine = create_engine(settings.database_url, pool_size=1)
+    async with transaction(session_factory(engine)) as session:
+        user = await get_user_by_email(session, email)
+        if user is None:
+            sys.exit(f"no user with email {email}")
+        revoked = await revoke_named_tokens(session, user, name)
+        print(f"revoked {revoked} token(s) of {user.email}")
+    await engine.dispose()
+
+
 async def demo_token(settings: Settings) -> str:
     """The demo user's token, kept in the data directory so restarts print the same one."""
     from app.auth.service import create_token, create_user, get_user_by_email, is_token_valid
@@ -218,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     user.add_argument("--name")
     user.add_argument("--tier", choices=["free", "pro", "enterprise"], default="free")
     user.add_argument("--admin", action="store_true")
+    revoke = commands.add_parser("revoke-token", help="revoke a user's tokens (by name, or all)")
+    revoke.add_argument("--email", required=True)
+    revoke.add_argument("--name", help="only the tokens with this name (default: all)")
     token = commands.add_parser("create-token", help="create an API token (printed once)")
     token.add_argument("--email", required=True)
     token.add_argument("--name", default="default")
@@ -242,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print("database is at the latest revision")
         elif args.command == "create-user":
             asyncio.run(_create_user(settings, args.email, args.name, args.tier, args.admin))
+        elif args.command == "revoke-token":
+            asyncio.run(_revoke_tokens(settings, args.email, args.name))
         elif args.command == "create-token":
             asyncio.run(_create_token(settings, args.email, args.name))
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from app import health
 from app.admin.router import router as admin_router
 from app.auth.router import router as auth_router
+from app.auth.tokens_router import router as tokens_router
 from app.config import Settings
 from app.dashboard.router import router as dashboard_router
 from app.db import create_engine, session_factory
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=resolved.max_body_bytes)
     app.include_router(health.router)
     app.include_router(auth_router)
+    app.include_router(tokens_router)
     app.include_router(executions_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)

@@ -20,7 +20,7 @@ from app.executions.recovery import sweep
 from tests.conftest import scripted_type
 from tests.fixtures.api import api_client
 from tests.fixtures.executions import start, step_numbers
-from tests.fixtures.processes import service_env
+from tests.fixtures.processes import agents, service_env
 
 
 def slow_type_config(tmp_path: Path, *, steps: int, delay: float) -> Path:
@@ -36,19 +36,6 @@ def slow_type_config(tmp_path: Path, *, steps: int, delay: float) -> Path:
         )
     )
     return config
-
-
-def agents(
-    *args: str, env: dict[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 async def test_create_user_and_token_commands(settings, tmp_path, client, clean_state):

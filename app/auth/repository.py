@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import ApiToken, User
@@ -41,7 +41,11 @@ async def find_token_owner(session: AsyncSession, token_hash: str) -> TokenOwner
         await session.execute(
             select(User, ApiToken.id, ApiToken.last_used_at)
             .join(ApiToken, ApiToken.user_id == User.id)
-            .where(ApiToken.token_hash == token_hash, ApiToken.revoked_at.is_(None))
+            .where(
+                ApiToken.token_hash == token_hash,
+                ApiToken.revoked_at.is_(None),
+                or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()),
+            )
         )
     ).first()
     if row is None:
@@ -56,3 +60,24 @@ async def record_token_use(session: AsyncSession, token_id: int, at: datetime) -
 
 async def find_user(session: AsyncSession, user_id: int) -> User | None:
     return await session.get(User, user_id)
+
+
+async def list_tokens(session: AsyncSession, user_id: int) -> list[ApiToken]:
+    rows = await session.scalars(
+        select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id)
+    )
+    return list(rows)
+
+
+async def get_token(session: AsyncSession, token_id: int, user_id: int) -> ApiToken | None:
+    found: ApiToken | None = await session.scalar(
+        select(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user_id)
+    )
+    return found
+
+
+async def revoke(session: AsyncSession, tokens: list[ApiToken], at: datetime) -> None:
+    for token in tokens:
+        if token.revoked_at is None:
+            token.revoked_at = at
+    await session.flush()

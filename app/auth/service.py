@@ -43,13 +43,46 @@ async def create_user(
     return await repository.add_user(session, user)
 
 
-async def create_token(session: AsyncSession, user: User, name: str = "default") -> str:
+async def create_token(
+    session: AsyncSession, user: User, name: str = "default", *, expires_at: datetime | None = None
+) -> str:
     """Store a new token for ``user`` and return it; it cannot be recovered later."""
-    token = new_token()
-    await repository.add_token(
-        session, ApiToken(user_id=user.id, name=name, token_hash=hash_token(token))
-    )
+    token, _ = await issue_token(session, user, name, expires_at=expires_at)
     return token
+
+
+async def issue_token(
+    session: AsyncSession, user: User, name: str, *, expires_at: datetime | None = None
+) -> tuple[str, ApiToken]:
+    """A new token (shown once) and its stored record."""
+    token = new_token()
+    record = ApiToken(
+        user_id=user.id, name=name, token_hash=hash_token(token), expires_at=expires_at
+    )
+    await repository.add_token(session, record)
+    return token, record
+
+
+async def list_tokens(session: AsyncSession, user: User) -> list[ApiToken]:
+    return await repository.list_tokens(session, user.id)
+
+
+async def revoke_token(session: AsyncSession, user: User, token_id: int) -> ApiToken | None:
+    """Revoke one of ``user``'s tokens; None if they have no such token."""
+    token = await repository.get_token(session, token_id, user.id)
+    if token is not None:
+        await repository.revoke(session, [token], datetime.now(UTC))
+    return token
+
+
+async def revoke_named_tokens(session: AsyncSession, user: User, name: str | None) -> int:
+    """Revoke ``user``'s tokens called ``name`` (all of them with None); how many."""
+    tokens = [
+        t for t in await repository.list_tokens(session, user.id)
+        if t.revoked_at is None and (name is None or t.name == name)
+    ]  # fmt: skip
+    await repository.revoke(session, tokens, datetime.now(UTC))
+    return len(tokens)
 
 
 async def is_token_valid(session: AsyncSession, token: str) -> bool:
