@@ -289,12 +289,17 @@ async def test_start_enqueues_a_job_arq_recognises(client, alice, redis):
     from app.executions.jobs import RUN_EXECUTION, job_id
 
     created = await start(client, alice, "steps-3")
-    job = Job(job_id(created["id"], 0), redis, _queue_name="agents-default")
+    job = Job(
+        job_id(created["id"], 0),
+        redis,
+        _queue_name="agents-default",
+        _deserializer=redis.job_deserializer,
+    )
     assert await job.status() == JobStatus.queued
     info = await job.info()
     assert info is not None
     assert info.function == RUN_EXECUTION
-    assert info.args == (created["id"], 0)
+    assert tuple(info.args) == (created["id"], 0)
 
 
 async def test_pause_between_chunks_parks_at_the_next_claim_without_running_a_step(

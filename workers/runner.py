@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.executions.interrupts import listen_for_stops
-from app.redis import arq_pool
+from app.redis import arq_pool, job_deserializer, job_serializer
 from app.schedules.service import sync_configured_schedules
 from workers.context import close_context, open_context
 from workers.jobs import cron_jobs, functions
@@ -56,6 +56,8 @@ class WorkerGroup:
                     max_jobs=tuning.max_jobs,
                     poll_delay=tuning.poll_delay,
                     job_timeout=self.settings.job_timeout(),
+                    job_serializer=job_serializer,
+                    job_deserializer=job_deserializer,
                     ctx=dict(ctx),
                     log_results=False,
                 )
