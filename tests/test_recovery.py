@@ -173,3 +173,43 @@ async def test_a_database_restart_mid_step_does_not_fail_the_execution(
     execution = await load(sessions, created["id"])
     assert (execution.status, execution.error) == ("completed", None)
     assert await step_numbers(sessions, created["id"]) == [1, 2, 3, 4]
+
+
+async def test_a_worker_whose_heartbeats_do_not_get_through_stops_before_the_sweep(
+    alice, db, sessions, redis, make_settings, run_worker
+):
+    import time
+
+    from tests.conftest import scripted_type
+    from tests.fixtures.api import api_client
+
+    settings = make_settings(
+        agent_types={"slow": scripted_type(1, delay=2.5)},
+        worker={"heartbeat_interval": 0.2, "stale_after": 1.0},
+    )
+    async with api_client(settings) as http:
+        created = await start(http, alice, "slow")
+    worker = asyncio.create_task(run_worker(settings))
+    for _ in range(300):
+        if (await load(sessions, created["id"])).status == "running":
+            break
+        await asyncio.sleep(0.01)
+    # Its heartbeats block on the row (as they would with the database out of reach).
+    async with db.begin() as conn:
+        await conn.execute(
+            text("SELECT 1 FROM agent_executions WHERE id = :id FOR UPDATE"),
+            {"id": uuid.UUID(created["id"])},
+        )
+        blocked = time.monotonic()
+        await asyncio.wait_for(worker, 5)
+        stopped_after = time.monotonic() - blocked
+    # It stopped its 2.5 s step before the sweep could take the execution (1 s), and wrote
+    # nothing: the step runs again, once, under the worker the sweep hands it to.
+    assert stopped_after < 1.0
+    execution = await load(sessions, created["id"])
+    assert (execution.status, execution.step_count) == ("running", 0)
+    await asyncio.sleep(1.1)
+    assert (await sweep(db, redis, settings)).recovered == 1
+    await run_worker(settings)
+    assert (await load(sessions, created["id"])).status == "completed"
+    assert await step_numbers(sessions, created["id"]) == [1]

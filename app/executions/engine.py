@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypedDict
@@ -24,7 +25,7 @@ from app.agents.bash_tool import kill_workspace_processes
 from app.agents.errors import AgentError
 from app.agents.registry import build_agent
 from app.agents.state import AgentState, EventOutcome, SubagentResult
-from app.config import Settings
+from app.config import Settings, WorkerTuning
 from app.db import is_transient
 from app.executions import events, subagent_repository, worker_repository
 from app.executions.children import new_children
@@ -265,14 +266,27 @@ async def _keep_alive(
     db: AsyncEngine,
     execution_id: uuid.UUID,
     lease: int,
-    interval: float,
+    tuning: WorkerTuning,
     on_lost: Callable[[], Any],
 ) -> None:
-    """Refresh the heartbeat while a step runs; stop the chunk when the lease is gone."""
+    """Refresh the heartbeat while a step runs; stop the chunk when the lease is gone, or when
+    no heartbeat has got through for so long that the sweep may soon hand the execution to
+    another worker: it fences itself off a heartbeat interval before that, so two workers
+    never run one execution's tools at once."""
+    interval = tuning.heartbeat_interval
+    fence_after = tuning.stale_after - interval
+    last_ok = time.monotonic()
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(min(interval, max(0.0, last_ok + fence_after - time.monotonic())))
+        if time.monotonic() - last_ok >= fence_after:
+            log.error(
+                "execution %s: no heartbeat for %.1f s; stopping it before the sweep hands it on",
+                execution_id, time.monotonic() - last_ok,
+            )  # fmt: skip
+            on_lost()
+            return
         try:
-            async with db.connect() as conn:
+            async with asyncio.timeout(interval), db.connect() as conn:
                 alive = await worker_repository.record_heartbeat(conn, execution_id, lease)
         except Exception:
             log.warning("heartbeat for %s failed", execution_id, exc_info=True)
@@ -280,6 +294,7 @@ async def _keep_alive(
         if not alive:
             on_lost()
             return
+        last_ok = time.monotonic()
 
 
 async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retries: int = 0) -> str:
@@ -311,7 +326,7 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retri
     running = ctx["running"]
     running.add(claim.id, stop)
     keep_alive = asyncio.create_task(
-        _keep_alive(ctx["db"], claim.id, claim.lease, settings.worker.heartbeat_interval, stop)
+        _keep_alive(ctx["db"], claim.id, claim.lease, settings.worker, stop)
     )
     try:
         await task
