@@ -86,6 +86,19 @@ class OutboundWebhooks(_Section):
     allow_private_networks: bool = False
 
 
+class StreamLimits(_Section):
+    """Live connections (SSE streams and dashboard WebSockets together): at most
+    ``max_per_user`` open per user across all API processes, each closed after
+    ``max_lifetime_seconds`` (clients resume with ``Last-Event-ID``), the token behind each
+    checked again every ``recheck_seconds``, and at most ``subscribes_per_minute`` WebSocket
+    subscriptions per connection."""
+
+    max_per_user: PositiveInt = 50
+    max_lifetime_seconds: PositiveFloat = 3600
+    recheck_seconds: PositiveFloat = 30
+    subscribes_per_minute: PositiveInt = 120
+
+
 class SchedulingSettings(_Section):
     """A start may be scheduled at most ``horizon_days`` ahead."""
 
@@ -238,6 +251,7 @@ class Settings(BaseSettings):
     events: EventSettings = Field(default_factory=EventSettings)
     scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
     outbound_webhooks: OutboundWebhooks = Field(default_factory=OutboundWebhooks)
+    streams: StreamLimits = Field(default_factory=StreamLimits)
     webhooks: dict[str, WebhookEndpoint] = Field(default_factory=dict)
     schedules: dict[str, ScheduleConfig] = Field(default_factory=dict)
     # Private, so secrets stay out of repr() and model_dump().

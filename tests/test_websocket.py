@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
 
 import httpx
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.fixtures.api import live_api
 from tests.fixtures.executions import start
+from tests.fixtures.sockets import receive, send, ws_url
 from tests.fixtures.users import make_account
-
-
-def ws_url(base: str, token: str | None = None) -> str:
-    url = base.replace("http://", "ws://") + "/api/ws"
-    return f"{url}?token={token}" if token else url
-
-
-async def send(ws: ClientConnection, **message: Any) -> None:
-    await ws.send(json.dumps(message))
-
-
-async def receive(ws: ClientConnection, timeout: float = 5) -> dict[str, Any]:
-    message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    return message
 
 
 async def test_subscriptions_deliver_events_of_authorized_channels(

@@ -1,16 +1,19 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket
 from sse_starlette.sse import EventSourceResponse
 from starlette.types import Message, Send
 
-from app.auth.dependencies import AdminUser, CurrentUser
+from app.auth.dependencies import AdminUser, CurrentUser, bearer_token
+from app.auth.models import User
 from app.deps import SessionDep
 from app.errors import BadRequest, ExecutionNotFound, Forbidden, Unauthorized
 from app.executions import service
+from app.streams.limits import TooManyStreams, Watch, take_slot, token_check
 from app.streams.sse import execution_events
 from app.streams.websocket import serve_dashboard_socket
 
@@ -26,6 +29,7 @@ _STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
         "`agent_logs` id: reconnect with `Last-Event-ID` (or `after_id`) to resume.",
     },
     **BadRequest.openapi(),
+    **TooManyStreams.openapi(),
     **Unauthorized.openapi(),
     **ExecutionNotFound.openapi(),
 }
@@ -57,10 +61,25 @@ def _cursor(last_event_id: str | None, after_id: int | None) -> int:
     return int(value)
 
 
-def _stream(request: Request, execution_id: uuid.UUID, after: int) -> EventSourceResponse:
+async def _stream(
+    request: Request, user: User, execution_id: uuid.UUID, after: int, *, admin: bool = False
+) -> EventSourceResponse:
     state = request.app.state
+    limits = state.settings.streams
+    slot = await take_slot(state.redis, limits, user.id)
+    if slot is None:
+        raise TooManyStreams(
+            f"You have {limits.max_per_user} live streams open; close one first.",
+            headers={"Retry-After": "5"},
+        )
+    token = bearer_token(request.headers.get("authorization")) or ""
+    still_allowed = token_check(state.sessions, token, admin=admin)
+
+    def watch(end: Callable[[str], object]) -> Watch:
+        return Watch(slot, still_allowed, limits, end)
+
     return ProgressStream(
-        execution_events(state.hub, state.sessions, execution_id, after),
+        execution_events(state.hub, state.sessions, execution_id, after, watch),
         ping=KEEP_ALIVE_SECONDS,
         # No per-send timeout (it costs a cancel scope per event); a client that stops reading
         # is cut off when its bounded queue overflows (see app.streams.sse).
@@ -84,7 +103,7 @@ async def stream_execution_events(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     execution = await service.get_visible_execution(session, user, execution_id)
-    return _stream(request, execution.id, _cursor(last_event_id, after_id))
+    return await _stream(request, user, execution.id, _cursor(last_event_id, after_id))
 
 
 @router.get(
@@ -103,11 +122,14 @@ async def admin_stream_execution(
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     execution = await service.get_any_execution(session, execution_id)
-    return _stream(request, execution.id, _cursor(last_event_id, after_id))
+    after = _cursor(last_event_id, after_id)
+    return await _stream(request, admin, execution.id, after, admin=True)
 
 
 @router.websocket("/api/ws")
 async def dashboard_socket(websocket: WebSocket) -> None:
     """Dashboard subscriptions; authenticate with the bearer token or ``?token=``."""
     state = websocket.app.state
-    await serve_dashboard_socket(websocket, state.hub, state.sessions)
+    await serve_dashboard_socket(
+        websocket, state.hub, state.sessions, state.redis, state.settings.streams
+    )

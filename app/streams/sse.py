@@ -13,7 +13,7 @@ import enum
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sse_starlette.event import ServerSentEvent
@@ -22,6 +22,7 @@ from app.executions import events, service
 from app.executions.models import ExecutionLog
 from app.executions.transitions import TERMINAL
 from app.streams.hub import Hub, Published, Subscription
+from app.streams.limits import Watch
 
 REPLAY_BATCH = 500
 CLOSE_SPREAD_SECONDS = 0.2
@@ -83,19 +84,40 @@ def _drain(
             return frames, last_id, None
 
 
+def _arm(
+    subscription: Subscription,
+    streaming: asyncio.Task[object] | None,
+    watch: Callable[[Callable[[str], object]], Watch] | None,
+) -> Watch | None:
+    """Let an overflowing queue end the stream by cancelling its task, and the watch end it
+    cleanly (the client reconnects with ``Last-Event-ID``)."""
+    if streaming is None:
+        return None
+    subscription.on_overflow = streaming.cancel
+
+    def end(_why: str) -> None:
+        try:
+            subscription.queue.put_nowait(None)  # read as "cut": the stream returns
+        except asyncio.QueueFull:
+            streaming.cancel()
+
+    return None if watch is None else watch(end)
+
+
 async def execution_events(
     hub: Hub,
     sessions: async_sessionmaker[AsyncSession],
     execution_id: uuid.UUID,
     after_id: int,
+    watch: Callable[[Callable[[str], object]], Watch] | None = None,
 ) -> AsyncIterator[ServerSentEvent | bytes]:
-    """The SSE events of one execution after log id ``after_id``, until it is terminal."""
+    """The SSE events of one execution after log id ``after_id``, until it is terminal (or
+    ``watch`` ends it: its lifetime is over, or its token no longer opens it)."""
     subscription = await hub.subscribe(events.execution_channel(execution_id))
     # A client that stops reading blocks our send; when its queue overflows, the task sending to
-    # it is cancelled, which ends the response and closes the connection.
-    streaming = asyncio.current_task()
-    if streaming is not None:
-        subscription.on_overflow = streaming.cancel
+    # it is cancelled, which ends the response and closes the connection. A watch ends it the
+    # same way; the client resumes with Last-Event-ID.
+    watching = _arm(subscription, asyncio.current_task(), watch)
     try:
         last_id = after_id
         async with sessions() as session:
@@ -139,3 +161,5 @@ async def execution_events(
                 return
     finally:
         hub.release(subscription)
+        if watching is not None:
+            watching.stop()

@@ -5,30 +5,39 @@ Client messages: ``{"action": "subscribe" | "unsubscribe", "channel": ...}`` and
 ``user.<user id>.agents`` (that user or an admin) and ``admin.agents`` (admins). Server
 messages: ``{"channel", "event", "id", "data"}`` for events, ``{"event": "subscribed" |
 "unsubscribed" | "pong", ...}`` acknowledgements and ``{"event": "error", "error", "channel"?}``.
-Close codes: 4401 without a valid token, 1013 when the client cannot keep up, 1000 otherwise.
+Close codes: 4401 without a valid token, 1008 with too many live streams open or when the token
+is revoked (or an admin demoted), 1013 when the client cannot keep up, 4000 when the connection's
+lifetime is over (reconnect and resume), 1000 otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
+import time
 import uuid
 from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.dependencies import bearer_token
 from app.auth.models import User
 from app.auth.service import authenticate
+from app.config import StreamLimits
 from app.db import transaction
 from app.executions import events
 from app.executions.service import is_visible
 from app.streams.hub import Hub, Subscription
+from app.streams.limits import Watch, take_slot, token_check
 
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_SLOW = 1013
+CLOSE_POLICY = 1008
+CLOSE_LIFETIME = 4000
 MAX_SUBSCRIPTIONS = 200
 
 
@@ -63,13 +72,34 @@ async def may_subscribe(
 class Connection:
     """One dashboard socket and its subscriptions."""
 
-    def __init__(self, websocket: WebSocket, hub: Hub, user: User) -> None:
+    def __init__(
+        self, websocket: WebSocket, hub: Hub, user: User, subscribes_per_minute: int
+    ) -> None:
         self.websocket = websocket
         self.hub = hub
         self.user = user
         self.relays: dict[str, tuple[Subscription, asyncio.Task[None]]] = {}
         self.send_lock = asyncio.Lock()
-        self.too_slow = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.end_reason = "too slow"
+        self.subscribes_per_minute = subscribes_per_minute
+        self.recent_subscribes: collections.deque[float] = collections.deque()
+
+    def end(self, reason: str) -> None:
+        """Close the connection (``too slow``, ``lifetime``, ``unauthorized``)."""
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
+
+    def may_subscribe_now(self) -> bool:
+        """Whether another subscription fits in this minute's budget."""
+        now = time.monotonic()
+        while self.recent_subscribes and now - self.recent_subscribes[0] > 60:
+            self.recent_subscribes.popleft()
+        if len(self.recent_subscribes) >= self.subscribes_per_minute:
+            return False
+        self.recent_subscribes.append(now)
+        return True
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self.send_lock:
@@ -85,7 +115,7 @@ class Connection:
             )
             return
         subscription = await self.hub.subscribe(channel)
-        subscription.on_overflow = self.too_slow.set
+        subscription.on_overflow = lambda: self.end("too slow")
         self.relays[channel] = (subscription, asyncio.create_task(self._relay(subscription)))
         await self.send({"event": "subscribed", "channel": channel})
 
@@ -107,38 +137,54 @@ class Connection:
         while True:
             published = await subscription.queue.get()
             if published is None:
-                self.too_slow.set()
+                self.end("too slow")
                 return
             async with self.send_lock:
                 await self.websocket.send_text(published.socket_text)
 
 
+_CLOSES = {
+    "too slow": (CLOSE_TOO_SLOW, "too slow: reconnect and resume"),
+    "lifetime": (CLOSE_LIFETIME, "lifetime over: reconnect and resume"),
+    "unauthorized": (CLOSE_POLICY, "the token was revoked or its rights changed"),
+}
+
+
 async def serve_dashboard_socket(
-    websocket: WebSocket, hub: Hub, sessions: async_sessionmaker[AsyncSession]
+    websocket: WebSocket,
+    hub: Hub,
+    sessions: async_sessionmaker[AsyncSession],
+    redis: Redis,
+    limits: StreamLimits,
 ) -> None:
+    token = token_of(websocket)
     async with transaction(sessions) as session:
-        user = await authenticate(session, token_of(websocket))
+        user = await authenticate(session, token)
     # Accept first even to refuse: a browser can read a close code, not a handshake status.
     await websocket.accept()
     if user is None:
         await websocket.close(code=CLOSE_UNAUTHORIZED, reason="a valid API token is required")
         return
-    connection = Connection(websocket, hub, user)
+    slot = await take_slot(redis, limits, user.id)
+    if slot is None:
+        await websocket.close(code=CLOSE_POLICY, reason="too many live streams open")
+        return
+    connection = Connection(websocket, hub, user, limits.subscribes_per_minute)
+    watch = Watch(slot, token_check(sessions, token, admin=user.is_admin), limits, connection.end)
     receiving = asyncio.create_task(_receive(connection, sessions))
-    cut_off = asyncio.create_task(connection.too_slow.wait())
+    ended = asyncio.create_task(connection.ended.wait())
     try:
-        done, _ = await asyncio.wait({receiving, cut_off}, return_when=asyncio.FIRST_COMPLETED)
-        if cut_off in done:
+        done, _ = await asyncio.wait({receiving, ended}, return_when=asyncio.FIRST_COMPLETED)
+        if ended in done:
+            code, reason = _CLOSES[connection.end_reason]
             # The close frame may not get through to a client that stopped reading; returning
             # closes the connection either way.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    websocket.close(code=CLOSE_TOO_SLOW, reason="too slow: reconnect and resume"),
-                    5,
-                )
+                await asyncio.wait_for(websocket.close(code=code, reason=reason), 5)
     finally:
+        watch.stop()
         receiving.cancel()
-        cut_off.cancel()
+        ended.cancel()
         for _, relay in connection.relays.values():
             relay.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
@@ -165,6 +211,15 @@ async def _receive(connection: Connection, sessions: async_sessionmaker[AsyncSes
         elif action in ("subscribe", "unsubscribe") and isinstance(channel, str):
             if action == "unsubscribe":
                 await connection.unsubscribe(channel)
+                continue
+            if not connection.may_subscribe_now():
+                await connection.send(
+                    {
+                        "event": "error",
+                        "error": "too many subscriptions a minute",
+                        "channel": channel,
+                    }
+                )
                 continue
             refused = await may_subscribe(sessions, connection.user, channel)
             if refused is not None:
