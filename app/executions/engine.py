@@ -297,6 +297,28 @@ async def _keep_alive(
         last_ok = time.monotonic()
 
 
+async def _after_error(
+    ctx: WorkerContext, runner: ChunkRunner, exc: Exception, retries: int
+) -> str:
+    """A chunk raised: retry it if PostgreSQL or Redis went away for a moment (not the agent's
+    failure; the next job continues from the last committed step, and a lost Redis leaves it
+    to the sweep), else fail the execution."""
+    claim = runner.claim
+    if is_transient(exc) and retries < MAX_TRANSIENT_RETRIES:
+        log.warning("execution %s: transient %s, retrying", claim.id, type(exc).__name__)
+        with contextlib.suppress(Exception):
+            await enqueue_chunk(
+                ctx["redis"], claim.id, claim.lease, claim.queue,
+                suffix=f":retry{retries + 1}", delay=TRANSIENT_BACKOFF * 2**retries,
+                retries=retries + 1,
+            )  # fmt: skip
+        return "retry"
+    log.error("execution %s failed", claim.id, exc_info=exc)
+    with contextlib.suppress(LeaseLost):
+        await runner.fail_from(exc)
+    return "failed"
+
+
 async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retries: int = 0) -> str:
     """The arq job: advance ``execution_id`` if its lease is still ``lease``. ``retries``
     counts the transient infrastructure failures that came before this job."""
@@ -342,21 +364,7 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retri
         await asyncio.shield(handover.run())
         raise
     except Exception as exc:
-        if is_transient(exc) and retries < MAX_TRANSIENT_RETRIES:
-            # PostgreSQL or Redis went away for a moment: not the agent's failure. The next
-            # job continues from the last committed step (a lost Redis leaves it to the sweep).
-            log.warning("execution %s: transient %s, retrying", execution_id, type(exc).__name__)
-            with contextlib.suppress(Exception):
-                await enqueue_chunk(
-                    ctx["redis"], claim.id, claim.lease, claim.queue,
-                    suffix=f":retry{retries + 1}", delay=TRANSIENT_BACKOFF * 2**retries,
-                    retries=retries + 1,
-                )  # fmt: skip
-            return "retry"
-        log.exception("execution %s failed", execution_id)
-        with contextlib.suppress(LeaseLost):
-            await runner.fail_from(exc)
-        return "failed"
+        return await _after_error(ctx, runner, exc, retries)
     finally:
         running.discard(claim.id)
         keep_alive.cancel()

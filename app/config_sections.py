@@ -1,0 +1,152 @@
+"""The sections of :class:`~app.config.Settings`: one model per TOML table."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+
+from app.schedules.clock import check_cron, check_timezone
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TierLimits(_Section):
+    concurrent: PositiveInt
+    per_hour: PositiveInt
+
+
+class Queues(_Section):
+    default: str = "agents-default"
+    long: str = "agents-long"
+    priority: str = "agents-priority"
+
+    def names(self) -> list[str]:
+        return [self.default, self.long, self.priority]
+
+
+class Timeouts(_Section):
+    default: PositiveFloat = 600
+    long: PositiveFloat = 1800
+    max_event_wait: PositiveFloat = 1800
+
+
+class EventSettings(_Section):
+    """Events nobody waits for are stored; a wait that starts at most ``buffer_seconds`` after
+    one arrived consumes it (0: a wait only sees events that arrive after it started)."""
+
+    buffer_seconds: float = Field(default=0, ge=0)
+    retention_days: PositiveFloat = Field(
+        default=7, description="how long events are kept, taken or not"
+    )
+
+
+class OutboundWebhooks(_Section):
+    """Deliveries to webhook subscribers: retried with exponential backoff and jitter from
+    ``first_retry_seconds`` up to ``max_retry_seconds`` apart, ``max_attempts`` in all (by
+    default 12 over about 20 hours)."""
+
+    max_attempts: PositiveInt = 12
+    first_retry_seconds: PositiveFloat = 60
+    max_retry_seconds: PositiveFloat = 6 * 3600
+    timeout_seconds: PositiveFloat = 10
+    # Loopback, private, link-local (cloud metadata) and other non-public addresses are
+    # refused unless this is set (for development and tests).
+    allow_private_networks: bool = False
+
+
+class StreamLimits(_Section):
+    """Live connections (SSE streams and dashboard WebSockets together): at most
+    ``max_per_user`` open per user across all API processes, each closed after
+    ``max_lifetime_seconds`` (clients resume with ``Last-Event-ID``), the token behind each
+    checked again every ``recheck_seconds``, and at most ``subscribes_per_minute`` WebSocket
+    subscriptions per connection."""
+
+    max_per_user: PositiveInt = 50
+    max_lifetime_seconds: PositiveFloat = 3600
+    recheck_seconds: PositiveFloat = 30
+    subscribes_per_minute: PositiveInt = 120
+
+
+class SchedulingSettings(_Section):
+    """A start may be scheduled at most ``horizon_days`` ahead."""
+
+    horizon_days: PositiveFloat = 30
+
+
+class ScheduleConfig(_Section):
+    """``[schedules.NAME]``: a cron schedule operators keep in the configuration."""
+
+    user: str = Field(min_length=3, description="the email of the account it runs for")
+    cron: str
+    timezone: str = "UTC"
+    agent_type: str
+    input: dict[str, Any]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        return check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @field_validator("input")
+    @classmethod
+    def _has_a_prompt(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get("prompt"), str) or not value["prompt"]:
+            raise ValueError("input needs a prompt")
+        return value
+
+
+JSON_POINTER = r"^(/([^~/]|~[01])*)*$"
+
+
+class WebhookEndpoint(_Section):
+    """``POST /webhooks/NAME``: a signed webhook that delivers an event or starts an agent."""
+
+    secret_env: str = Field(min_length=1, description="the variable holding the secret(s)")
+    user: str = Field(min_length=3, description="the email of the account it acts for")
+    action: Literal["event", "start"]
+    signature: Literal["standard", "github"] = "standard"
+    agent_type: str | None = None
+    prompt_pointer: str = Field(default="/prompt", pattern=JSON_POINTER)
+    max_body_bytes: PositiveInt = 1_000_000
+
+    @model_validator(mode="after")
+    def _start_needs_a_type(self) -> WebhookEndpoint:
+        if self.action == "start" and not self.agent_type:
+            raise ValueError("a webhook with action = 'start' needs an agent_type")
+        return self
+
+
+class Limits(_Section):
+    max_steps: PositiveInt = 100
+    max_tokens: PositiveInt = 100_000
+    chunk_size: PositiveInt = 10
+    max_chunks: PositiveInt = 50
+
+
+class WorkerTuning(_Section):
+    """How workers poll, heartbeat and recover; defaults favour low start latency."""
+
+    poll_delay: PositiveFloat = 0.01
+    max_jobs: PositiveInt = 10
+    heartbeat_interval: PositiveFloat = 10
+    stale_after: PositiveFloat = 60
+    max_recoveries: int = Field(default=3, ge=0)
+    sweep_interval: PositiveInt = 30
