@@ -6,13 +6,13 @@ import contextlib
 import json
 import logging
 import re
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import sqlalchemy.exc
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import MetaData
@@ -84,15 +84,15 @@ def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> As
     )
 
 
+# Only errors the database and Redis clients raise: a plain ConnectionError could come from a
+# tool, and running a step's tools again is not harmless.
 _TRANSIENT = (
-    ConnectionError,  # refused, reset, broken pipe
-    socket.gaierror,  # the database's name did not resolve
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # a restart or an administrator's terminate
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
-    asyncpg.exceptions.InterfaceError,  # the connection is closed
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    sqlalchemy.exc.OperationalError,  # e.g. the database refused or dropped the connection
     RedisConnectionError,
     RedisTimeoutError,
 )
@@ -110,6 +110,8 @@ def is_transient(exc: BaseException) -> bool:
         seen.add(id(exc))
         if isinstance(exc, _TRANSIENT):
             return True
+        if isinstance(exc, asyncpg.exceptions.InterfaceError) and "closed" in str(exc):
+            return True  # "connection is closed" (not "another operation is in progress")
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return False
 

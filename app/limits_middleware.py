@@ -35,7 +35,7 @@ class BodyLimit:
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                break  # the client went away; the app hears about it below
+                return  # the client went away before its body was whole: nothing to do
             body += message.get("body", b"")
             if len(body) > self.max_bytes:
                 await self._refuse(send)

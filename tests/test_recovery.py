@@ -213,3 +213,19 @@ async def test_a_worker_whose_heartbeats_do_not_get_through_stops_before_the_swe
     await run_worker(settings)
     assert (await load(sessions, created["id"])).status == "completed"
     assert await step_numbers(sessions, created["id"]) == [1]
+
+
+async def test_a_healthy_worker_is_not_fenced_when_staleness_is_close_to_the_heartbeat(
+    alice, sessions, make_settings, run_worker
+):
+    from tests.conftest import scripted_type
+    from tests.fixtures.api import api_client
+
+    settings = make_settings(
+        agent_types={"slow": scripted_type(1, delay=1.2)},
+        worker={"heartbeat_interval": 0.3, "stale_after": 0.5},
+    )
+    async with api_client(settings) as http:
+        created = await start(http, alice, "slow")
+    await run_worker(settings)
+    assert (await load(sessions, created["id"])).status == "completed"

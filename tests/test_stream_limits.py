@@ -117,3 +117,15 @@ async def test_subscribing_is_rate_limited(alice, make_settings):
         "error": "too many subscriptions a minute",
         "channel": f"user.{alice.user.id}.agents",
     }
+
+
+async def test_an_open_stream_keeps_being_counted(alice, make_settings, redis):
+    settings = make_settings(streams=StreamLimits(recheck_seconds=0.2, max_per_user=1))
+    async with live_api(settings) as base, httpx.AsyncClient(base_url=base) as http:
+        execution = await paused_execution(http, alice)
+        url = f"/api/agents/{execution}/events"
+        async with open_stream(http, url, alice.headers) as stream:
+            assert stream.status_code == 200
+            await asyncio.sleep(1.5)  # past the slot key's first expiry
+            assert await redis.ttl(f"streams:user:{alice.user.id}") > 0
+            assert (await http.get(url, headers=alice.headers)).status_code == 429

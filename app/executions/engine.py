@@ -274,27 +274,30 @@ async def _keep_alive(
     another worker: it fences itself off a heartbeat interval before that, so two workers
     never run one execution's tools at once."""
     interval = tuning.heartbeat_interval
-    fence_after = tuning.stale_after - interval
+    # A failed attempt can take an interval (its timeout), so fencing starts two intervals
+    # before the sweep's limit (never sooner than one interval: a heartbeat is always tried).
+    fence_after = max(tuning.stale_after - 2 * interval, interval)
     last_ok = time.monotonic()
     while True:
         await asyncio.sleep(min(interval, max(0.0, last_ok + fence_after - time.monotonic())))
-        if time.monotonic() - last_ok >= fence_after:
-            log.error(
-                "execution %s: no heartbeat for %.1f s; stopping it before the sweep hands it on",
-                execution_id, time.monotonic() - last_ok,
-            )  # fmt: skip
-            on_lost()
-            return
+        attempt = time.monotonic()
         try:
             async with asyncio.timeout(interval), db.connect() as conn:
                 alive = await worker_repository.record_heartbeat(conn, execution_id, lease)
         except Exception:
             log.warning("heartbeat for %s failed", execution_id, exc_info=True)
+            if time.monotonic() - last_ok >= fence_after:
+                log.error(
+                    "execution %s: no heartbeat for %.1f s; stopping it before the sweep hands "
+                    "it on", execution_id, time.monotonic() - last_ok,
+                )  # fmt: skip
+                on_lost()
+                return
             continue
         if not alive:
             on_lost()
             return
-        last_ok = time.monotonic()
+        last_ok = attempt
 
 
 async def _after_error(

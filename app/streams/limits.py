@@ -44,7 +44,11 @@ class Slot:
     ttl: float
 
     async def refresh(self) -> None:
-        await self.redis.zadd(_key(self.user_id), {self.member: time.time() + self.ttl})
+        key = _key(self.user_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {self.member: time.time() + self.ttl})
+            pipe.expire(key, int(self.ttl) + 1)
+            await pipe.execute()
 
     async def release(self) -> None:
         await self.redis.zrem(_key(self.user_id), self.member)

@@ -1,19 +1,21 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket
 from sse_starlette.sse import EventSourceResponse
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.auth.dependencies import AdminUser, CurrentUser, bearer_token
 from app.auth.models import User
 from app.deps import SessionDep
 from app.errors import BadRequest, ExecutionNotFound, Forbidden, Unauthorized
 from app.executions import service
-from app.streams.limits import TooManyStreams, Watch, take_slot, token_check
+from app.streams.limits import Slot, TooManyStreams, Watch, take_slot, token_check
 from app.streams.sse import execution_events
 from app.streams.websocket import serve_dashboard_socket
 
@@ -43,8 +45,20 @@ class ProgressStream(EventSourceResponse):
     cut off by their bounded queue instead (app.streams.sse).
     """
 
+    slot: Slot | None = None
+    """The user's live-connection slot: released when the response ends, however it ends
+    (even if the stream never started)."""
+
     async def _send_with_timeout(self, send: Send, message: Message) -> None:
         await send(message)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.slot is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.slot.release())
 
 
 _MAX_EVENT_ID = 2**63 - 1
@@ -78,13 +92,15 @@ async def _stream(
     def watch(end: Callable[[str], object]) -> Watch:
         return Watch(slot, still_allowed, limits, end)
 
-    return ProgressStream(
+    response = ProgressStream(
         execution_events(state.hub, state.sessions, execution_id, after, watch),
         ping=KEEP_ALIVE_SECONDS,
         # No per-send timeout (it costs a cancel scope per event); a client that stops reading
         # is cut off when its bounded queue overflows (see app.streams.sse).
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    response.slot = slot
+    return response
 
 
 @router.get(
