@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.schedules.clock import check_cron, check_timezone
+from app.schedules.clock import Cron, TimeZone
 
 
 class _Section(BaseModel):
@@ -88,22 +88,12 @@ class ScheduleConfig(_Section):
     """``[schedules.NAME]``: a cron schedule operators keep in the configuration."""
 
     user: str = Field(min_length=3, description="the email of the account it runs for")
-    cron: str
-    timezone: str = "UTC"
+    cron: Cron
+    timezone: TimeZone = "UTC"
     agent_type: str
     input: dict[str, Any]
     metadata: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, value: str) -> str:
-        return check_cron(value)
-
-    @field_validator("timezone")
-    @classmethod
-    def _valid_timezone(cls, value: str) -> str:
-        return check_timezone(value)
 
     @field_validator("input")
     @classmethod

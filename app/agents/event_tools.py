@@ -5,14 +5,19 @@ the result of the tool call: the agent holds that result back until then."""
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.agents.state import EventOutcome, EventWait
 from app.agents.tools import Tool, ToolContext, ToolError
 
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,199}$"
 MAX_KEY_CHARS = 200
+EventKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_KEY_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+"""The key an event carries and a waiter may ask for: no control characters."""
 # How much of an event's payload (as JSON) the model is shown.
 MAX_PAYLOAD_CHARS = 50_000
 
@@ -23,10 +28,8 @@ class WaitForEventArgs(BaseModel):
     event_type: str = Field(
         pattern=EVENT_TYPE_PATTERN, description="The type of event to wait for, e.g. ci.finished."
     )
-    key: str | None = Field(
+    key: EventKey | None = Field(
         default=None,
-        min_length=1,
-        max_length=MAX_KEY_CHARS,
         description="Only an event carrying this key wakes you (e.g. a pull request number).",
     )
     timeout_seconds: float | None = Field(

@@ -9,7 +9,7 @@ from app.auth.service import get_user
 from app.deps import RedisDep, SessionDep, SettingsDep
 from app.errors import Forbidden, NotFound, Unauthorized
 from app.events.schemas import DeliverEvent, EventDelivery
-from app.events.service import Delivered, deliver_event
+from app.events.service import deliver_event, delivery_response
 
 router = APIRouter(prefix="/api/events", tags=["events"])
 
@@ -18,14 +18,6 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     **Forbidden.openapi(),
     **NotFound.openapi(),
 }
-
-
-def delivery_response(delivered: Delivered) -> EventDelivery:
-    return EventDelivery(
-        triggered_count=len(delivered.execution_ids),
-        execution_ids=delivered.execution_ids,
-        kept_event_id=delivered.kept_as,
-    )
 
 
 @router.post(

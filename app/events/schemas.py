@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.agents.event_tools import EVENT_TYPE_PATTERN, MAX_KEY_CHARS
+from app.agents.event_tools import EVENT_TYPE_PATTERN, EventKey
 from app.executions.schemas import storable_size
 
 MAX_PAYLOAD_BYTES = 256_000
@@ -17,9 +17,7 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event_type: str = Field(pattern=EVENT_TYPE_PATTERN, examples=["ci.finished"])
-    key: str | None = Field(
-        default=None, min_length=1, max_length=MAX_KEY_CHARS, pattern=r"^[^\x00-\x1f\x7f]+$"
-    )
+    key: EventKey | None = None
     payload: Any = Field(default=None, description="Any JSON; the waiting agents see it.")
 
     @model_validator(mode="after")

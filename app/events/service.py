@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.config import Settings
 from app.events import repository
+from app.events.schemas import EventDelivery
 from app.executions.effects import after_commit_effects, announce_committed
 from app.executions.transitions import Status
 
@@ -28,6 +29,15 @@ class Delivered:
 
     execution_ids: list[uuid.UUID]
     kept_as: int | None
+
+
+def delivery_response(delivered: Delivered) -> EventDelivery:
+    """What the API (and an ``event`` webhook) answers about a delivery."""
+    return EventDelivery(
+        triggered_count=len(delivered.execution_ids),
+        execution_ids=delivered.execution_ids,
+        kept_event_id=delivered.kept_as,
+    )
 
 
 async def deliver_event(

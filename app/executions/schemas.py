@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from app.agents.event_tools import EVENT_TYPE_PATTERN, MAX_KEY_CHARS
+from app.agents.event_tools import EVENT_TYPE_PATTERN, EventKey
 from app.executions.transitions import Status
 from app.outbound.schemas import SubscriptionCreated, WebhookTarget
 
@@ -38,7 +38,7 @@ class AwaitEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event_type: str = Field(pattern=EVENT_TYPE_PATTERN, examples=["ci.finished"])
-    key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_CHARS)
+    key: EventKey | None = None
     timeout_seconds: float | None = Field(
         default=None, gt=0, description="At most the agent type's max_event_wait (the default)."
     )

@@ -11,9 +11,11 @@ it fires in both occurrences of the repeated hour, and the skipped hour has no f
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
+from pydantic import AfterValidator
 
 
 def check_cron(expression: str) -> str:
@@ -31,6 +33,12 @@ def check_timezone(name: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown time zone {name!r} (expected an IANA name)") from None
     return name
+
+
+Cron = Annotated[str, AfterValidator(check_cron)]
+"""A five-field cron expression, as settings and requests take it."""
+TimeZone = Annotated[str, AfterValidator(check_timezone)]
+"""An IANA time zone name."""
 
 
 def next_fire(expression: str, timezone: str, after: datetime) -> datetime:

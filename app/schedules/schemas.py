@@ -4,26 +4,16 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from app.executions.schemas import MAX_METADATA_BYTES, ExecutionInput, storable_size
-from app.schedules.clock import check_cron, check_timezone
+from app.schedules.clock import Cron, TimeZone
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._:-]{0,99}$"
 
 
 class _ScheduleFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-    @field_validator("cron", check_fields=False)
-    @classmethod
-    def _valid_cron(cls, value: str | None) -> str | None:
-        return None if value is None else check_cron(value)
-
-    @field_validator("timezone", check_fields=False)
-    @classmethod
-    def _valid_timezone(cls, value: str | None) -> str | None:
-        return None if value is None else check_timezone(value)
 
     @model_validator(mode="after")
     def _small_metadata(self) -> _ScheduleFields:
@@ -35,8 +25,8 @@ class _ScheduleFields(BaseModel):
 
 class ScheduleCreate(_ScheduleFields):
     name: str = Field(pattern=_NAME, examples=["nightly audit"])
-    cron: str = Field(max_length=100, examples=["0 9 * * 1"], description="Five fields.")
-    timezone: str = Field(default="UTC", max_length=64, examples=["Europe/Berlin"])
+    cron: Cron = Field(max_length=100, examples=["0 9 * * 1"], description="Five fields.")
+    timezone: TimeZone = Field(default="UTC", max_length=64, examples=["Europe/Berlin"])
     agent_type: str = Field(min_length=1, max_length=100)
     input: ExecutionInput
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -46,8 +36,8 @@ class ScheduleCreate(_ScheduleFields):
 class ScheduleUpdate(_ScheduleFields):
     """The fields to change; the others keep their values."""
 
-    cron: str | None = Field(default=None, max_length=100)
-    timezone: str | None = Field(default=None, max_length=64)
+    cron: Cron | None = Field(default=None, max_length=100)
+    timezone: TimeZone | None = Field(default=None, max_length=64)
     agent_type: str | None = Field(default=None, min_length=1, max_length=100)
     input: ExecutionInput | None = None
     metadata: dict[str, Any] | None = None

@@ -21,7 +21,7 @@ from app.auth.service import get_user_by_email
 from app.config import Settings, WebhookEndpoint
 from app.errors import BadRequest, BadSignature, InvalidRequest, NotFound, ServiceUnavailable
 from app.events.schemas import EventIn
-from app.events.service import deliver_event
+from app.events.service import deliver_event, delivery_response
 from app.executions.schemas import MAX_INPUT_BYTES, ExecutionInput, storable_size
 from app.executions.service import start_execution
 from app.webhooks import repository
@@ -112,14 +112,7 @@ async def _deliver(
         key=event.key,
         payload=event.payload,
     )
-    return Answer(
-        200,
-        {
-            "triggered_count": len(delivered.execution_ids),
-            "execution_ids": [str(i) for i in delivered.execution_ids],
-            "kept_event_id": delivered.kept_as,
-        },
-    )
+    return Answer(200, delivery_response(delivered).model_dump(mode="json"))
 
 
 async def _start(
