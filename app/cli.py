@@ -12,7 +12,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from app.agents.sandbox import SandboxStartError
 from app.config import ServicesNotConfigured, Settings, describe_settings_error
+from app.undumpable import make_undumpable
 
 DEMO_EMAIL = "demo@localhost"
 # The long-running service processes never start embedded servers: they need configured ones.
@@ -252,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.command == "dev":
             asyncio.run(_dev(settings, args.host, args.port))
         elif args.command == "serve":
+            make_undumpable()  # the environment holds the database URL and secrets
             asyncio.run(_serve(settings, args.host, args.port))
         elif args.command == "worker":
             asyncio.run(_work(settings, args.queue or settings.queue_names()))
@@ -266,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             asyncio.run(_create_token(settings, args.email, args.name))
     except KeyboardInterrupt:
         pass
+    except SandboxStartError as exc:
+        print(f"agents: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _uvloop_install() -> None:

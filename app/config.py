@@ -29,6 +29,7 @@ from pydantic_settings import (
 )
 
 from app.agents.catalogue import builtin_agent_types, builtin_subagents
+from app.agents.sandbox import SandboxSettings
 from app.agents.spec import AgentTypeSpec
 from app.config_sections import (  # re-exported: the sections belong to the settings
     EventSettings,
@@ -146,6 +147,7 @@ class Settings(BaseSettings):
     scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
     outbound_webhooks: OutboundWebhooks = Field(default_factory=OutboundWebhooks)
     streams: StreamLimits = Field(default_factory=StreamLimits)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     webhooks: dict[str, WebhookEndpoint] = Field(default_factory=dict)
     schedules: dict[str, ScheduleConfig] = Field(default_factory=dict)
     # Private, so secrets stay out of repr() and model_dump().

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +96,18 @@ def scripted_type(steps: int, delay: float = 0.0, **overrides: Any) -> AgentType
 
 
 @pytest.fixture
+def reachable_tmp() -> Iterator[Path]:
+    """A temporary directory every user can reach. pytest's own are private to their owner,
+    and a worker running as root starts its command sandbox as another user."""
+    path = Path(tempfile.mkdtemp(prefix="agents-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def make_settings(
-    database_url: str, test_redis_url: str, tmp_path: Path
+    database_url: str, test_redis_url: str, tmp_path: Path, reachable_tmp: Path
 ) -> Callable[..., Settings]:
     def build(**overrides: Any) -> Settings:
         agent_types = {
@@ -108,7 +120,7 @@ def make_settings(
             database_url=database_url,
             redis_url=test_redis_url,
             data_dir=tmp_path / "data",
-            workspace_base=tmp_path / "workspaces",
+            workspace_base=reachable_tmp / "workspaces",
             agent_types=agent_types,
             worker=WorkerTuning(
                 **{"poll_delay": 0.01, "heartbeat_interval": 0.2, **overrides.pop("worker", {})}

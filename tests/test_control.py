@@ -388,11 +388,12 @@ async def test_input_round_trip_with_an_agent_that_asks(alice, sessions, make_se
 async def test_cancel_kills_the_bash_command_in_flight(
     alice, sessions, make_settings, run_worker, settings
 ):
-    import os
+    import psutil
 
     from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
 
-    command = "sleep 30 & echo $! > child.pid; wait"
+    marker = "sleep 30.125"  # in the sandbox's PID namespace: found by its command line
+    command = f"{marker} & touch started; wait"
     spec = AgentTypeSpec(
         provider="scripted",
         api_key_env=None,
@@ -404,31 +405,32 @@ async def test_cancel_kills_the_bash_command_in_flight(
             ScriptedTurn(content="never"),
         ],
     )
+
+    def sleeping() -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter(["cmdline", "status"]):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if marker in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        return found
+
     own = make_settings(agent_types={"shell": spec})
     async with api_client(own) as http:
         created = await start(http, alice, "shell")
         worker = asyncio.create_task(run_worker(own))
-        pid_file = own.workspace_base / created["id"] / "child.pid"
+        started = own.workspace_base / created["id"] / "started"
 
-        async def sleeping() -> bool:
-            return pid_file.exists() and pid_file.read_text().strip() != ""
+        async def running() -> bool:
+            return started.exists()
 
-        await wait_for(sleeping)
-        pid = int(pid_file.read_text())
-        os.kill(pid, 0)  # running
+        await wait_for(running)
+        assert sleeping()
         await control(http, alice, created["id"], "cancel")
         await asyncio.wait_for(worker, 5)
 
-    def gone() -> bool:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
     for _ in range(200):
-        if gone():
+        if not sleeping():
             break
         await asyncio.sleep(0.01)
-    assert gone(), "the command's process survived the cancel"
+    assert not sleeping(), "the command's process survived the cancel"
     assert (await load(sessions, created["id"])).status == "cancelled"

@@ -1,10 +1,12 @@
-"""The ``bash`` tool: a shell command in the workspace, bounded in time and output.
+"""The ``bash`` tool: a shell command in the workspace, bounded in time, output and resources.
 
-Every command runs in a new session, hence its own process group, so it and everything it
-starts can be killed together: on timeout, when the awaiting task is cancelled (the engine
-stopping an execution, the step's deadline) and through :func:`kill_workspace_processes`.
-The command gets a minimal environment built from an allow-list, never the service's own:
-database URLs and API keys must not reach model-written commands.
+Commands run in the worker's :class:`~app.agents.sandbox.Sandbox` (bubblewrap unless the
+operator turned it off), under hard resource limits. Every command also runs in a new session,
+hence its own process group, so it and everything it starts can be killed together: on
+timeout, when the awaiting task is cancelled (the engine stopping an execution, the step's
+deadline) and through :func:`kill_workspace_processes`. The command gets a minimal environment
+built from an allow-list, never the service's own: database URLs and API keys must not reach
+model-written commands.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.agents.tools import Tool, ToolContext, ToolError
+from app.agents.sandbox import Sandbox, SandboxSettings
+from app.agents.tools import Tool, ToolContext, ToolError, ToolSpec
 from app.agents.workspace import Workspace
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -29,8 +32,6 @@ KILL_GRACE_SECONDS = 2.0
 # Once the command has exited, how long output of processes it left running is still read.
 DRAIN_SECONDS = 0.5
 _POLL_SECONDS = 0.02
-
-BASH = "/bin/bash"
 
 
 class BashArgs(BaseModel):
@@ -196,16 +197,32 @@ class _OutputProtocol(asyncio.Protocol):
             self.closed.set_result(None)
 
 
+_OUTPUT = (
+    "stdout and stderr come back together, followed by the exit code; long output keeps "
+    f"its first and last {MAX_OUTPUT_CHARS // 2} characters. There is no stdin. After "
+    "timeout_seconds the command and every process it started are killed."
+)
+SANDBOXED_DESCRIPTION = (
+    "Run a shell command with /bin/bash -c in a sandbox, in the workspace directory "
+    "/workspace (also HOME). " + _OUTPUT + " Only /workspace is writable and persists; /tmp "
+    "is small and private to the command; the rest of the system is read-only. Processes "
+    "left running in the background are killed when the command exits. CPU time, memory, "
+    "processes, file size and open files are limited."
+)
+NETWORK_OFF = " There is no network access."
+UNCONFINED_DESCRIPTION = (
+    "Run a shell command with /bin/bash -c in the workspace directory (also HOME). "
+    + _OUTPUT
+    + " Processes left running in the background keep running, but their later output is "
+    "not shown: redirect it to a file (cmd > log 2>&1 &)."
+)
+UNCONFINED = Sandbox(SandboxSettings(mode="off"), None)
+"""Commands run as the worker's user, under the resource limits only (tests, ``mode = off``)."""
+
+
 class Bash(Tool):
     name = "bash"
-    description = (
-        "Run a shell command with /bin/bash -c in the workspace directory (also HOME). "
-        "stdout and stderr come back together, followed by the exit code; long output keeps "
-        f"its first and last {MAX_OUTPUT_CHARS // 2} characters. There is no stdin. After "
-        "timeout_seconds the command and every process it started are killed. Processes "
-        "left running in the background keep running, but their later output is not shown: "
-        "redirect it to a file (cmd > log 2>&1 &)."
-    )
+    description = UNCONFINED_DESCRIPTION
     Args = BashArgs
 
     def __init__(
@@ -217,13 +234,25 @@ class Bash(Tool):
         max_output_chars: int = MAX_OUTPUT_CHARS,
         kill_grace: float = KILL_GRACE_SECONDS,
         processes: ProcessRegistry = PROCESSES,
+        sandbox: Sandbox = UNCONFINED,
+        network: bool = False,
     ) -> None:
+        sandbox.check_usable()
+        self.sandbox = sandbox
+        self.network = network
         self.workspace = workspace
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
         self.max_output_chars = max_output_chars
         self.kill_grace = kill_grace
         self.processes = processes
+
+    def spec(self) -> ToolSpec:
+        spec = super().spec()
+        if not self.sandbox.is_confined:
+            return spec
+        description = SANDBOXED_DESCRIPTION + ("" if self.network else NETWORK_OFF)
+        return ToolSpec(name=spec.name, description=description, parameters=spec.parameters)
 
     async def kill_all(self) -> int:
         """Kill every process still running that a bash command started in this workspace."""
@@ -238,16 +267,16 @@ class Bash(Tool):
         # One pipe for stdout and stderr keeps them interleaved as written.
         read_fd, write_fd = os.pipe()
         try:
+            launch = self.sandbox.launch(
+                args.command, root, network=self.network, environ=command_environment(root)
+            )
             process = await asyncio.create_subprocess_exec(
-                BASH,
-                "-c",
-                args.command,
+                *launch.argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,
-                cwd=root,
-                env=command_environment(root),
                 start_new_session=True,
+                **launch.options(),
             )
         except BaseException as exc:
             os.close(read_fd)

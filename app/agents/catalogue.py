@@ -11,9 +11,9 @@ def builtin_agent_types() -> dict[str, AgentTypeSpec]:
     """``code-assistant``, ``research``, ``code-review`` and ``demo`` (scripted, no key)."""
     return {
         "code-assistant": AgentTypeSpec(
-            description="Reads and edits code in its workspace.",
+            description="Reads, edits, builds and tests code in its workspace.",
             system_prompt="You are a careful senior software engineer working in a repository.",
-            capabilities=["files"],
+            capabilities=["bash", "files", "tasks"],
             queue="agents-default",
             max_steps=50,
         ),

@@ -182,8 +182,7 @@ class WriteFile(Tool):
             raise ToolError(f"content is not valid Unicode text: {exc.reason}") from exc
         # The resolved parent is inside the workspace and free of symlinks, so every directory
         # created here is a real one inside the root.
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        self.workspace.write(target, data)
         return f"wrote {len(data)} bytes to {self.workspace.display(target)}"
 
 

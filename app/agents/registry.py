@@ -13,7 +13,7 @@ import httpx
 
 from app.agents.agent import Agent
 from app.agents.ask_user import AskUser
-from app.agents.bash_tool import Bash
+from app.agents.bash_tool import UNCONFINED, Bash
 from app.agents.drivers.anthropic import AnthropicDriver
 from app.agents.drivers.base import Driver
 from app.agents.drivers.openai import OpenAIChatDriver
@@ -21,6 +21,7 @@ from app.agents.drivers.scripted import ScriptedDriver
 from app.agents.errors import MissingApiKey
 from app.agents.event_tools import WaitForEvent
 from app.agents.file_tools import file_tools
+from app.agents.sandbox import Sandbox
 from app.agents.spec import AgentTypeSpec
 from app.agents.subagents import SpawnSubagents
 from app.agents.task_tools import TaskPlan
@@ -45,6 +46,8 @@ def build_agent(
     environ: Mapping[str, str],
     depth: int = 0,
     subagents: Mapping[str, AgentTypeSpec] | None = None,
+    sandbox: Sandbox = UNCONFINED,
+    network: bool = False,
 ) -> Agent:
     """The agent for ``spec``, its file and bash tools (if any) working in ``workspace``.
 
@@ -52,7 +55,8 @@ def build_agent(
     write_file, edit_file, list_files, search_files), ``bash``, ``tasks`` (task_plan) and
     ``ask_user``, ``subagents`` (spawn_subagents, offering the ``subagents`` specs that
     ``spec.subagents`` names; ``depth`` is this agent's nesting depth) and ``events``
-    (wait_for_event).
+    (wait_for_event). Bash commands run in ``sandbox``, with the network if ``network``; a
+    sandbox that refuses bash raises :class:`~app.agents.sandbox.SandboxUnavailable`.
     """
     driver: Driver
     if spec.provider == "scripted":
@@ -73,7 +77,9 @@ def build_agent(
     if "files" in spec.capabilities:
         tools.extend(file_tools(root))
     if "bash" in spec.capabilities:
-        tools.append(Bash(root, default_timeout=spec.bash_timeout))
+        tools.append(
+            Bash(root, default_timeout=spec.bash_timeout, sandbox=sandbox, network=network)
+        )
     if "tasks" in spec.capabilities:
         tools.append(TaskPlan())
     if "ask_user" in spec.capabilities:

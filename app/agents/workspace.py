@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 from app.agents.tools import ToolError
@@ -12,8 +13,9 @@ class Workspace:
 
     Paths are checked after resolving every symlink, so a link inside the workspace that
     points outside it is refused. The check and the later file operation are not atomic: a
-    process other than the agent swapping in a symlink in between could still escape. The
-    agent itself cannot create symlinks, so within the agent's own reach the check holds.
+    process swapping in a symlink in between could still escape. The agent's own commands
+    (bash) can create symlinks but cannot run while a file tool does: tools run one at a time
+    and a sandboxed command's processes die with it.
     """
 
     def __init__(self, root: Path) -> None:
@@ -42,6 +44,25 @@ class Workspace:
         if not resolved.is_relative_to(self.root):
             raise ToolError(f"invalid path {path!r}: it leads outside the workspace")
         return resolved
+
+    def write(self, target: Path, data: bytes) -> None:
+        """Write ``data`` to ``target`` (a path :meth:`resolve` returned), creating its
+        directories. What is created belongs to the root's owner: a worker running as root
+        gives the workspace to the sandbox's user, whose commands must be able to change
+        what the file tools wrote."""
+        missing = []
+        parent = target.parent
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            missing.append(target)
+        target.write_bytes(data)
+        owner = self.root.stat()
+        if os.geteuid() == 0 and owner.st_uid != 0:
+            for path in missing:
+                os.lchown(path, owner.st_uid, owner.st_gid)
 
     def display(self, path: Path) -> str:
         """``path`` as the model should see it: relative to the root, ``.`` for the root."""

@@ -24,6 +24,7 @@ from app.agents.agent import Agent, StepRecord
 from app.agents.bash_tool import kill_workspace_processes
 from app.agents.errors import AgentError
 from app.agents.registry import build_agent
+from app.agents.sandbox import Sandbox
 from app.agents.state import AgentState, EventOutcome, SubagentResult
 from app.config import Settings, WorkerTuning
 from app.db import is_transient
@@ -68,6 +69,7 @@ class WorkerContext(TypedDict):
     http: httpx.AsyncClient
     worker_id: str
     running: RunningChunks
+    sandbox: Sandbox
 
 
 class LeaseLost(Exception):
@@ -109,6 +111,8 @@ class ChunkRunner:
             environ=self.settings.provider_keys(),
             depth=self.claim.depth,
             subagents=self.settings.subagents,
+            sandbox=self.ctx["sandbox"],
+            network=self.ctx["sandbox"].allows_network(self.claim.agent_type),
         )
         if self.claim.state_snapshot is None:
             state = agent.initial_state(str(self.claim.input.get("prompt", "")))

@@ -17,9 +17,9 @@ CONVERSATION = [Message(role="system", content="be brief"), Message(role="user",
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    """An empty workspace directory."""
-    workspace = tmp_path / "workspace"
+def root(reachable_tmp: Path) -> Path:
+    """An empty workspace directory (that a sandbox running as another user can reach)."""
+    workspace = reachable_tmp / "workspace"
     workspace.mkdir()
     return workspace
 
