@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.agents.sandbox import Sandbox, SandboxSettings
+from app.agents.sandbox import Launch, Sandbox, SandboxSettings
 from app.agents.tools import Tool, ToolContext, ToolError, ToolSpec
 from app.agents.workspace import Workspace
 
@@ -32,6 +32,8 @@ KILL_GRACE_SECONDS = 2.0
 # Once the command has exited, how long output of processes it left running is still read.
 DRAIN_SECONDS = 0.5
 _POLL_SECONDS = 0.02
+# How long bubblewrap may take to report its sandbox's PID 1 once the command has ended.
+SANDBOX_REPORT_SECONDS = 2.0
 
 
 class BashArgs(BaseModel):
@@ -220,6 +222,19 @@ UNCONFINED = Sandbox(SandboxSettings(mode="off"), None)
 """Commands run as the worker's user, under the resource limits only (tests, ``mode = off``)."""
 
 
+async def _end_sandbox(launch: Launch, sandbox_pid: asyncio.Task[int | None]) -> None:
+    """Make sure nothing of a sandboxed command survives it: kill the sandbox's PID 1 from
+    outside (a process inside cannot stop that, whatever it did to bubblewrap)."""
+    try:
+        async with asyncio.timeout(SANDBOX_REPORT_SECONDS):
+            await asyncio.shield(sandbox_pid)
+    except TimeoutError:
+        sandbox_pid.cancel()
+    finally:
+        launch.kill_sandbox()
+        launch.close()
+
+
 class Bash(Tool):
     name = "bash"
     description = UNCONFINED_DESCRIPTION
@@ -238,6 +253,7 @@ class Bash(Tool):
         network: bool = False,
     ) -> None:
         sandbox.check_usable()
+        sandbox.prepare(workspace.root)
         self.sandbox = sandbox
         self.network = network
         self.workspace = workspace
@@ -266,6 +282,7 @@ class Bash(Tool):
         root = self.workspace.root
         # One pipe for stdout and stderr keeps them interleaved as written.
         read_fd, write_fd = os.pipe()
+        launch: Launch | None = None
         try:
             launch = self.sandbox.launch(
                 args.command, root, network=self.network, environ=command_environment(root)
@@ -280,11 +297,24 @@ class Bash(Tool):
             )
         except BaseException as exc:
             os.close(read_fd)
+            if launch is not None:
+                launch.close()
             if isinstance(exc, OSError):
                 raise ToolError(f"cannot run bash: {exc.strerror or type(exc).__name__}") from exc
             raise
         finally:
             os.close(write_fd)
+        launch.started()
+        sandbox_pid = asyncio.create_task(launch.sandbox_pid())
+        try:
+            return await self._collect(process, read_fd, root, timeout)
+        finally:
+            await _end_sandbox(launch, sandbox_pid)
+
+    async def _collect(
+        self, process: asyncio.subprocess.Process, read_fd: int, root: Path, timeout: float
+    ) -> str:
+        """Read the command's output until it ends; the tool's result."""
         pgid = process.pid  # a session leader's pid is its process group id
         self.processes.add(root, pgid)
         output = _CappedOutput(self.max_output_chars)

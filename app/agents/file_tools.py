@@ -16,6 +16,8 @@ from app.agents.workspace import Workspace
 
 MAX_READ_CHARS = 100_000
 MAX_LIST_ENTRIES = 1000
+# Directory levels below the starting one that list_files and search_files descend into.
+MAX_DEPTH = 64
 # A NUL byte this early almost always means a binary file; its text would be noise to the
 # model, and NUL cannot be stored in PostgreSQL text or JSONB either.
 BINARY_SNIFF_BYTES = 8192
@@ -117,25 +119,27 @@ class ReadFile(Tool):
         end = args.end_line
         if end is not None and end < start:
             raise ToolError(f"end_line {end} is before start_line {start}")
-        if _is_binary(target):
+        if _is_binary(self.workspace, target):
             size = target.stat().st_size
             raise ToolError(f"{args.path} looks like a binary file ({size} bytes)")
-        return _read_lines(target, args.path, start, end)
+        return _read_lines(self.workspace, target, args.path, start, end)
 
 
-def _is_binary(target: Path) -> bool:
-    with target.open("rb") as raw:
+def _is_binary(workspace: Workspace, target: Path) -> bool:
+    with workspace.open(target, "rb") as raw:
         return b"\x00" in raw.read(BINARY_SNIFF_BYTES)
 
 
-def _read_lines(target: Path, shown_path: str, start: int, end: int | None) -> str:
+def _read_lines(
+    workspace: Workspace, target: Path, shown_path: str, start: int, end: int | None
+) -> str:
     """Lines ``start..end`` of a text file, never holding more than the output cap in memory."""
     chunks: list[str] = []
     size = 0
     truncated = False
     line_count = 0
     # newline="" keeps line endings exactly as stored, so a full read returns the file verbatim.
-    with target.open(encoding="utf-8", errors="replace", newline="") as file:
+    with workspace.open(target, "r", encoding="utf-8", errors="replace", newline="") as file:
         for line_count, line in enumerate(file, start=1):
             if line_count < start:
                 continue
@@ -210,7 +214,7 @@ class ListFiles(Tool):
         if not top.is_dir():
             raise ToolError(f"{args.path} is not a directory")
         entries: list[str] = []
-        complete = self._walk(top, entries)
+        complete = self._walk(top, entries, MAX_DEPTH)
         if not entries:
             return "(empty directory)"
         listing = "\n".join(entries)
@@ -218,8 +222,9 @@ class ListFiles(Tool):
             listing += f"\n[truncated after {self.max_entries} entries; list a subdirectory]"
         return listing
 
-    def _walk(self, directory: Path, entries: list[str]) -> bool:
-        """Append entries depth-first in name order; False when the limit cut the walk short."""
+    def _walk(self, directory: Path, entries: list[str], depth: int) -> bool:
+        """Append entries depth-first in name order, ``depth`` levels down at most; False when
+        the limit cut the walk short."""
         with os.scandir(directory) as scan:
             children = sorted(scan, key=lambda entry: entry.name)
         for child in children:
@@ -230,7 +235,7 @@ class ListFiles(Tool):
             # otherwise reveal what is there.
             if child.is_dir(follow_symlinks=False):
                 entries.append(self.workspace.display(path) + "/")
-                if not self._walk(path, entries):
+                if depth > 1 and not self._walk(path, entries, depth - 1):
                     return False
             else:
                 entries.append(self.workspace.display(path))
@@ -264,7 +269,10 @@ class EditFile(Tool):
         size = target.stat().st_size
         if size > MAX_EDIT_BYTES:
             raise ToolError(f"{args.path} is too large to edit ({size} bytes)")
-        data = target.read_bytes()
+        with self.workspace.open(target, "rb") as file:
+            data = file.read(MAX_EDIT_BYTES + 1)
+        if len(data) > MAX_EDIT_BYTES:
+            raise ToolError(f"{args.path} is too large to edit ({len(data)}+ bytes)")
         if b"\x00" in data[:BINARY_SNIFF_BYTES]:
             raise ToolError(f"{args.path} looks like a binary file ({size} bytes)")
         try:
@@ -280,7 +288,7 @@ class EditFile(Tool):
             encoded = edited.encode("utf-8")
         except UnicodeEncodeError as exc:  # JSON can carry lone surrogates
             raise ToolError(f"new_text is not valid Unicode text: {exc.reason}") from exc
-        target.write_bytes(encoded)
+        self.workspace.write(target, encoded)
         return f"edited {self.workspace.display(target)}: replaced 1 occurrence at line {line}"
 
 
@@ -326,7 +334,7 @@ class SearchFiles(Tool):
         top = self.workspace.resolve(path)
         matches: list[str] = []
         if top.is_file():
-            if _is_binary(top):
+            if _is_binary(self.workspace, top):
                 raise ToolError(f"{path} looks like a binary file")
             complete = self._search_file(regex, top, matches)
         elif top.is_dir():
@@ -344,9 +352,15 @@ class SearchFiles(Tool):
         return result
 
     def _search_directory(
-        self, regex: _Regex, directory: Path, matches: list[str], scanned: list[int] | None = None
+        self,
+        regex: _Regex,
+        directory: Path,
+        matches: list[str],
+        scanned: list[int] | None = None,
+        depth: int = 0,
     ) -> bool:
-        """Search depth-first in name order; False when the match or file limit cut it short."""
+        """Search depth-first in name order (at most ``MAX_DEPTH`` levels down); False when the
+        match or file limit cut it short."""
         scanned = [0] if scanned is None else scanned
         try:
             with os.scandir(directory) as scan:
@@ -360,16 +374,17 @@ class SearchFiles(Tool):
                 continue
             path = Path(child.path)
             if child.is_dir(follow_symlinks=False):
-                if child.name in SKIPPED_DIRECTORIES:
+                if child.name in SKIPPED_DIRECTORIES or depth + 1 >= MAX_DEPTH:
                     continue
-                if not self._search_directory(regex, path, matches, scanned):
+                if not self._search_directory(regex, path, matches, scanned, depth + 1):
                     return False
             elif child.is_file(follow_symlinks=False):
                 scanned[0] += 1
                 if scanned[0] > MAX_SEARCH_FILES:
                     return False
                 try:
-                    if child.stat().st_size > MAX_SEARCH_FILE_BYTES or _is_binary(path):
+                    too_big = child.stat().st_size > MAX_SEARCH_FILE_BYTES
+                    if too_big or _is_binary(self.workspace, path):
                         continue
                     if not self._search_file(regex, path, matches):
                         return False
@@ -379,7 +394,8 @@ class SearchFiles(Tool):
 
     def _search_file(self, regex: _Regex, path: Path, matches: list[str]) -> bool:
         shown = self.workspace.display(path)
-        with path.open(encoding="utf-8", errors="replace", newline="") as file:
+        opened = self.workspace.open(path, "r", encoding="utf-8", errors="replace", newline="")
+        with opened as file:
             for number, line in enumerate(file, start=1):
                 text = line.rstrip("\r\n")
                 if regex.search(text) is None:

@@ -15,10 +15,14 @@ the shell that starts the command, as hard limits nothing inside can raise.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -29,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from app.agents.errors import AgentError
+from app.agents.seccomp import is_supported, seccomp_filter
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +119,25 @@ class SandboxStartError(RuntimeError):
     """``[sandbox] mode = "bwrap"`` and bubblewrap cannot start on this host."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Launch:
     """How to start one command: its arguments and the keywords for ``subprocess.Popen`` /
-    ``asyncio.create_subprocess_exec``."""
+    ``asyncio.create_subprocess_exec``.
+
+    A sandboxed launch holds pipes: bubblewrap's options and seccomp filter (read from
+    descriptors, so the sandbox's ``/proc/1/cmdline`` shows no host path) and ``--info-fd``,
+    which reports the host pid of the sandbox's PID 1. Call :meth:`started` once the process
+    exists, then :meth:`sandbox_pid` / :meth:`kill_sandbox`, and :meth:`close` at the end.
+    """
 
     argv: list[str]
     cwd: Path
     env: dict[str, str]
     user: int | None = None
     group: int | None = None
+    pass_fds: tuple[int, ...] = ()
+    info_fd: int | None = None
+    _pidfd: int | None = None
 
     def options(self) -> dict[str, Any]:
         return {
@@ -133,7 +147,81 @@ class Launch:
             "group": self.group,
             # A root worker's supplementary groups are not the sandbox's.
             "extra_groups": [] if self.group is not None else None,
+            "pass_fds": self.pass_fds,
         }
+
+    def started(self) -> None:
+        """Close the descriptors handed to the child (it has its own copies now)."""
+        for fd in self.pass_fds:
+            os.close(fd)
+        self.pass_fds = ()
+
+    async def sandbox_pid(self) -> int | None:
+        """The host pid of the sandbox's PID 1, once bubblewrap has reported it (a pidfd
+        keeps it from being confused with a later process); None if it never started."""
+        if self.info_fd is None:
+            return None
+        fd, self.info_fd = self.info_fd, None
+        try:
+            report = await _read_to_end(fd)
+        finally:
+            os.close(fd)
+        try:
+            pid = int(json.loads(report)["child-pid"])
+            self._pidfd = os.pidfd_open(pid)
+        except (ValueError, KeyError, TypeError, OSError):
+            return None
+        return pid
+
+    def kill_sandbox(self) -> None:
+        """SIGKILL the sandbox's PID 1, which takes every process of the sandbox with it, even
+        one that escaped the process group or the death of bubblewrap."""
+        if self._pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+
+    def close(self) -> None:
+        self.started()
+        for fd in (self.info_fd, self._pidfd):
+            if fd is not None:
+                os.close(fd)
+        self.info_fd = self._pidfd = None
+
+
+async def _read_to_end(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if data:
+            chunks.append(data)
+        elif not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)
+
+
+def _pipe_with(data: bytes) -> int:
+    """The read end of a pipe holding ``data`` (small enough for the pipe's buffer)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_fd, view) :]
+    finally:
+        os.close(write_fd)
+    return read_fd
 
 
 @dataclass(frozen=True)
@@ -160,6 +248,20 @@ class Sandbox:
     def allows_network(self, agent_type: str) -> bool:
         return agent_type in self.settings.network
 
+    def command_user(self) -> tuple[int, int] | None:
+        """The user and group commands run as: a root worker's are ``run_as_uid`` /
+        ``run_as_gid``, sandboxed or not; None: the worker's own."""
+        if os.geteuid() != 0:
+            return None
+        return self.settings.run_as_uid, self.settings.run_as_gid
+
+    def prepare(self, workspace: Path) -> None:
+        """Give ``workspace`` to the commands' user, if that is not the worker's, before any
+        tool writes in it (files the file tools create then belong to that user too)."""
+        user = self.command_user()
+        if user is not None and workspace.is_dir():
+            _own(workspace, *user)
+
     def launch(
         self, command: str, workspace: Path, *, network: bool = False, environ: dict[str, str]
     ) -> Launch:
@@ -168,24 +270,31 @@ class Sandbox:
         ``environ`` is the environment of an unconfined command; a sandboxed one gets its own.
         """
         limits = limit_script(self.settings.limits, self.is_confined)
+        user = self.command_user()
+        uid, gid = user if user is not None else (None, None)
+        if user is not None:
+            _own(workspace, *user)
         if self.bwrap is None:
-            return Launch([BASH, "-c", limits, "sandbox", command], workspace, environ)
-        uid = self.settings.run_as_uid if os.geteuid() == 0 else None
-        gid = self.settings.run_as_gid if uid is not None else None
-        if uid is not None:
-            _own(workspace, uid, gid)
+            argv = [BASH, "-c", limits, "sandbox", command]
+            return Launch(argv, workspace, environ, user=uid, group=gid)
         sandbox_env = {"PATH": SANDBOX_PATH, "HOME": SANDBOX_HOME, "TERM": "dumb"}
         sandbox_env.update({k: environ[k] for k in ("LANG", "LC_ALL", "TZ") if k in environ})
-        argv = [
-            str(self.bwrap),
-            *bwrap_arguments(self.settings, workspace, network=network, environ=sandbox_env),
-            BASH,
-            "-c",
-            limits,
-            "sandbox",
-            command,
-        ]
-        return Launch(argv, workspace, {}, user=uid, group=gid)
+        options = bwrap_arguments(self.settings, workspace, network=network, environ=sandbox_env)
+        fds: list[int] = []
+        try:
+            fds.append(_pipe_with(b"".join(arg.encode() + b"\0" for arg in options)))
+            fds.append(_pipe_with(seccomp_filter()))
+            info_read, info_write = os.pipe()
+            fds.append(info_write)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        argv = [str(self.bwrap), "--args", str(fds[0]), "--seccomp", str(fds[1])]
+        argv += ["--info-fd", str(fds[2]), BASH, "-c", limits, "sandbox", command]
+        return Launch(
+            argv, workspace, {}, user=uid, group=gid, pass_fds=tuple(fds), info_fd=info_read
+        )
 
 
 def bwrap_arguments(
@@ -193,7 +302,8 @@ def bwrap_arguments(
 ) -> list[str]:
     """bubblewrap's options for one command (everything before the command itself)."""
     tmp_bytes = settings.limits.tmp_size_mb * 1024 * 1024
-    args = ["--unshare-all"]
+    # No user namespace may be created inside: it would give the command capabilities again.
+    args = ["--unshare-all", "--unshare-user", "--disable-userns"]
     if network:
         args.append("--share-net")
     args += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
@@ -227,6 +337,7 @@ def limit_script(limits: SandboxLimits, confined: bool) -> str:
     of the worker's user.
     """
     options = [
+        "-c 0",
         f"-t {limits.cpu_seconds}",
         f"-v {limits.memory_mb * 1024}",
         f"-f {limits.file_size_mb * 1024}",
@@ -240,11 +351,11 @@ def limit_script(limits: SandboxLimits, confined: bool) -> str:
     )
 
 
-def _own(workspace: Path, uid: int, gid: int | None) -> None:
-    """Give the workspace directory to the sandbox's user, so its commands can write in it."""
+def _own(workspace: Path, uid: int, gid: int) -> None:
+    """Give the workspace directory to the commands' user, so they can write in it."""
     info = workspace.stat()
     if info.st_uid != uid:
-        os.chown(workspace, uid, gid if gid is not None else -1)
+        os.chown(workspace, uid, gid)
 
 
 def find_bwrap(configured: Path | None) -> Path | None:
@@ -275,6 +386,8 @@ def probe(settings: SandboxSettings, bwrap: Path, workspace_base: Path) -> str |
 
 
 def _probe(settings: SandboxSettings, bwrap: Path, workspace_base: Path) -> str | None:
+    if not is_supported():
+        return "the sandbox's seccomp filter knows x86_64 and aarch64 only"
     sandbox = Sandbox(settings, bwrap)
     workspace_base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".sandbox-probe-", dir=workspace_base) as directory:
@@ -285,6 +398,8 @@ def _probe(settings: SandboxSettings, bwrap: Path, workspace_base: Path) -> str 
             )
         except (OSError, subprocess.SubprocessError) as exc:
             return f"{bwrap} cannot run: {exc}"
+        finally:
+            launch.close()
     if result.returncode == 0:
         return None
     lines = result.stderr.decode(errors="replace").strip().splitlines()

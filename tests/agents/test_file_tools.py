@@ -1,5 +1,6 @@
 """File tools: what they do inside the workspace, and that nothing escapes it."""
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.agents.file_tools import (
+    MAX_DEPTH,
     MAX_LIST_ENTRIES,
     MAX_MATCH_LINE_CHARS,
     MAX_READ_CHARS,
@@ -480,3 +482,56 @@ async def test_patterns_a_linear_engine_cannot_run_are_refused(
     result = await tools["search_files"].invoke({"pattern": pattern})
     assert result.startswith("error:")
     assert reason in result
+
+
+@pytest.mark.parametrize("tool", ["write_file", "read_file", "edit_file"])
+async def test_a_fifo_is_refused_without_blocking(
+    tools: dict[str, Tool], root: Path, tool: str
+) -> None:
+    os.mkfifo(root / "f")
+    arguments = {"path": "f", "content": "x", "old_text": "a", "new_text": "b"}
+    keys = {"write_file": ("path", "content"), "read_file": ("path",)}.get(
+        tool, ("path", "old_text", "new_text")
+    )
+
+    result = await asyncio.wait_for(tools[tool].invoke({k: arguments[k] for k in keys}), 5)
+
+    assert result.startswith("error:")
+
+
+async def test_a_directory_swapped_for_a_link_after_the_check_leads_nowhere(
+    root: Path, outside: Path
+) -> None:
+    """The race an unconfined command left running could win: the path is checked, then a
+    directory on it becomes a symlink to outside before the file is opened."""
+    workspace = Workspace(root)
+    (root / "x").mkdir()
+    (root / "x" / "secret.txt").write_text("inside\n")
+    checked_read = workspace.resolve("x/secret.txt")
+    checked_write = workspace.resolve("x/secret.txt")
+    (root / "x" / "secret.txt").unlink()
+    (root / "x").rmdir()
+    (root / "x").symlink_to(outside)
+
+    with pytest.raises(ToolError, match="outside the workspace"):
+        workspace.open(checked_read)
+    with pytest.raises(ToolError, match="outside the workspace"):
+        workspace.write(checked_write, b"from the tool\n")
+    assert (outside / "secret.txt").read_text() == "top secret"
+
+
+async def test_very_deep_directories_are_listed_and_searched_to_a_bound(
+    tools: dict[str, Tool], root: Path
+) -> None:
+    deep = root
+    for _ in range(MAX_DEPTH + 50):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (deep / "needle.txt").write_text("needle\n")
+    (root / "d" / "top.txt").write_text("needle\n")
+
+    listing = await tools["list_files"].invoke({})
+    found = await tools["search_files"].invoke({"pattern": "needle"})
+
+    assert listing.count("/") == sum(range(1, MAX_DEPTH + 1)) + 1
+    assert found == "d/top.txt:1: needle"

@@ -97,24 +97,33 @@ pytestmark = needs_sandbox
 
 
 def run_in_worker(root: Path, command: str, *, confined: bool) -> str:
-    """Run ``command`` with the bash tool in a fresh process whose environment holds a
-    secret, as a worker's holds the database URL."""
-    sandbox = f"open_sandbox(SandboxSettings(), Path({str(BASE)!r}))" if confined else "UNCONFINED"
-    script = textwrap.dedent(
-        f"""
+    """Run ``command`` in a fresh process whose environment holds a secret, as a worker's
+    holds the database URL: with the bash tool in the sandbox, or (to show what the attack
+    does without one) as a plain child process of the worker's user."""
+    if confined:
+        run = f"""
         import asyncio
         from pathlib import Path
-        from app.agents.bash_tool import UNCONFINED, Bash
+        from app.agents.bash_tool import Bash
         from app.agents.sandbox import SandboxSettings, open_sandbox
         from app.agents.workspace import Workspace
 
-        bash = Bash(Workspace(Path({str(root)!r})), sandbox={sandbox})
+        sandbox = open_sandbox(SandboxSettings(), Path({str(BASE)!r}))
+        bash = Bash(Workspace(Path({str(root)!r})), sandbox=sandbox)
         print(asyncio.run(bash.invoke({{"command": {command!r}}})))
         """
-    )
+    else:
+        run = f"""
+        import subprocess
+        subprocess.run(["/bin/bash", "-c", {command!r}], cwd={str(root)!r})
+        """
     env = {**os.environ, "AGENTS_TEST_SECRET": SECRET}
     result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, check=True, timeout=60
+        [sys.executable, "-c", textwrap.dedent(run)],
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=60,
     )
     return result.stdout.decode()
 
@@ -299,8 +308,7 @@ async def test_no_descriptor_of_the_worker_leaks_in(bash: Bash, root: Path) -> N
 async def test_files_written_by_the_file_tools_stay_writable_in_the_sandbox(
     root: Path, bash: Bash
 ) -> None:
-    await bash.invoke({"command": "true"})  # the workspace now belongs to the sandbox's user
-    write = WriteFile(Workspace(root))
+    write = WriteFile(Workspace(root))  # before any command ran
     await write.invoke({"path": "src/deep/notes.txt", "content": "one\n"})
 
     result = await bash.invoke(
@@ -385,3 +393,62 @@ def test_a_non_dumpable_worker_hides_its_environment_from_its_own_user() -> None
 def test_make_undumpable_marks_this_process() -> None:
     undumpable.make_undumpable()
     assert not undumpable.is_dumpable()
+
+
+SYSCALLS = """
+import ctypes, errno, threading
+libc = ctypes.CDLL(None, use_errno=True)
+def call(*args):
+    result = libc.syscall(*args)
+    return errno.errorcode.get(ctypes.get_errno(), "0") if result == -1 else "ok"
+print("ptrace", call(101, 16, 1, 0, 0))             # PTRACE_ATTACH to PID 1
+print("process_vm_readv", call(310, 1, 0, 0, 0, 0, 0))
+print("io_uring_setup", call(425, 1, 0))
+print("unshare", call(272, 0x10000000))              # CLONE_NEWUSER
+print("clone3", call(435, 0, 0))
+t = threading.Thread(target=lambda: None); t.start(); t.join()
+print("thread ok")
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers of x86_64")
+async def test_escape_system_calls_are_refused(bash: Bash) -> None:
+    """Tracing PID 1 (to keep the sandbox alive after its command), reading another process's
+    memory, io_uring and new user namespaces are refused; ordinary programs still run."""
+    result = await bash.invoke({"command": f"python3 -c '{SYSCALLS}'; unshare -U true; echo $?"})
+
+    lines = result.splitlines()
+    assert lines[:6] == [
+        "ptrace EPERM",
+        "process_vm_readv EPERM",
+        "io_uring_setup EPERM",
+        "unshare EPERM",
+        "clone3 ENOSYS",
+        "thread ok",
+    ]
+    assert lines[-2] != "0"  # unshare(1) failed too
+
+
+async def test_the_sandbox_is_killed_from_outside_whatever_happens_inside(
+    root: Path, confined: Sandbox
+) -> None:
+    """Killing the sandbox's PID 1 ends every process in it, however they were started."""
+    marker = "sleep 985.5"
+    launch = confined.launch(f"(setsid {marker} &); {marker}", root, environ={})
+    process = await asyncio.create_subprocess_exec(*launch.argv, **launch.options())
+    launch.started()
+    try:
+        pid = await launch.sandbox_pid()
+        assert pid is not None
+        deadline = time.monotonic() + 5
+        while len(processes_running(marker)) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
+        launch.kill_sandbox()
+
+        assert await none_running(marker)
+        assert await asyncio.wait_for(process.wait(), 5) != 0
+    finally:
+        launch.kill_sandbox()
+        launch.close()
