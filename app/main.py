@@ -17,6 +17,7 @@ from app.db import create_engine, session_factory
 from app.errors import install_error_handlers
 from app.events.router import router as events_router
 from app.executions.router import router as executions_router
+from app.executions.types_router import router as agent_types_router
 from app.limits_middleware import BodyLimit
 from app.outbound.router import router as outbound_router
 from app.redis import arq_pool
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(tokens_router)
     app.include_router(executions_router)
+    app.include_router(agent_types_router)
     app.include_router(events_router)
     app.include_router(webhooks_router)
     app.include_router(schedules_router)

@@ -81,8 +81,10 @@ async def test_list_shows_every_users_executions_with_owner_and_log_counts(
     assert [item["id"] for item in body["items"]] == [also_alice["id"], pending["id"], done["id"]]
 
     logs = (await client.get(f"/api/agents/{done['id']}/logs", headers=alice.headers)).json()
-    assert len(logs) == 6
-    assert items[done["id"]]["logs_count"] == 6
+    # Created, running, 3 steps (the first two with a tool_called and a tool_completed row
+    # each), completed.
+    assert len(logs) == 10
+    assert items[done["id"]]["logs_count"] == 10
     assert items[pending["id"]]["logs_count"] == 1
     assert items[done["id"]]["user"] == {
         "id": alice.user.id,
@@ -236,7 +238,7 @@ async def test_detail_has_owner_children_and_logs_oldest_first(
         "email": alice.user.email,
     }
     assert detail["children"] == []
-    assert detail["logs_count"] == 6
+    assert detail["logs_count"] == 10
     assert detail["parent_id"] is None
 
     async with transaction(sessions) as session:
@@ -262,8 +264,9 @@ async def test_detail_has_owner_children_and_logs_oldest_first(
     assert [entry["event_type"] for entry in detail["logs"]] == [
         "status_changed",
         "status_changed",
-        *["step_completed"] * 3,
-        "status_changed",
+        *["tool_called", "tool_completed", "step_completed"] * 2,
+        "step_completed",
+        "completed",
     ]
 
 

@@ -112,7 +112,13 @@ async def test_logs_cursor_and_filters(client, alice, run_worker):
     ids = [entry["id"] for entry in logs]
     assert ids == sorted(ids)
     events = [entry["event_type"] for entry in logs]
-    assert events == ["status_changed", "status_changed", *["step_completed"] * 3, "status_changed"]
+    # Each step's tool rows come just before its own row; the last step calls no tool.
+    assert events == [
+        "status_changed", "status_changed",
+        "tool_called", "tool_completed", "step_completed",
+        "tool_called", "tool_completed", "step_completed",
+        "step_completed", "completed",
+    ]  # fmt: skip
     after = (await client.get(f"{url}?after_id={ids[2]}", headers=alice.headers)).json()
     assert [entry["id"] for entry in after] == ids[3:]
     steps = (
@@ -121,7 +127,13 @@ async def test_logs_cursor_and_filters(client, alice, run_worker):
     assert [entry["context"]["tool_names"] for entry in steps] == [["list_files"], ["list_files"]]
     assert steps[0]["context"]["has_tool_calls"] is True
     assert steps[0]["context"]["step_type"] == "tool_calls"
-    assert steps[0]["context"]["tokens_used"] == 15
+    assert [entry["context"]["tokens_used"] for entry in steps] == [15, 15]
+    assert [entry["context"]["token_usage"] for entry in steps] == [15, 30]
+    tools = (await client.get(f"{url}?event_type=tool_completed", headers=alice.headers)).json()
+    assert [entry["id"] for entry in tools] == [ids[3], ids[6]]
+    outcomes = [(e["level"], e["context"]["tool"], e["context"]["outcome"]) for e in tools]
+    assert outcomes == [("info", "list_files", "ok")] * 2
+    assert [entry["context"]["tool_call_id"] for entry in tools] == ["call_0_0", "call_1_0"]
     detail = (await client.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
     assert [entry["id"] for entry in detail["logs"]] == ids
 

@@ -29,6 +29,9 @@ ACCEPTED = {
     ("input", "awaiting_input"): "pending",
 }
 
+# The rows a step writes besides status rows: its tool calls, warnings, and its own row.
+STEP_ROWS = ("tool_called", "tool_completed", "warning", "step_completed")
+
 
 async def set_status(db, execution_id: str, status: str) -> None:
     async with db.begin() as conn:
@@ -157,18 +160,21 @@ async def test_pause_then_resume_loses_and_repeats_no_step(
     assert (await load(sessions, created["id"])).status == "completed"
     assert await step_numbers(sessions, created["id"]) == list(range(1, 9))
     async with sessions() as session:
-        events = list(
+        rows = list(
             await session.scalars(
                 select(ExecutionLog.event_type)
                 .where(ExecutionLog.execution_id == uuid.UUID(created["id"]))
-                .where(ExecutionLog.event_type != "step_completed")
                 .order_by(ExecutionLog.id)
             )
         )
-    assert events == [
-        "status_changed", "status_changed", "paused", "resumed", "status_changed",
-        "status_changed",
+    assert [e for e in rows if e not in STEP_ROWS] == [
+        "status_changed", "status_changed", "paused", "resumed", "status_changed", "completed",
     ]  # fmt: skip
+    # Nor any tool call: steps 1-7 each called list_files once, step 8 answered.
+    assert [e for e in rows if e in STEP_ROWS] == [
+        *["tool_called", "tool_completed", "step_completed"] * 7,
+        "step_completed",
+    ]
 
 
 async def test_force_kill_fences_off_a_worker_that_ignores_the_control_channel(
@@ -261,7 +267,7 @@ async def test_concurrent_mixed_requests_end_in_one_consistent_state(
             await session.scalars(
                 select(ExecutionLog)
                 .where(ExecutionLog.execution_id == execution.id)
-                .where(ExecutionLog.event_type != "step_completed")
+                .where(ExecutionLog.event_type.not_in(STEP_ROWS))
                 .order_by(ExecutionLog.id)
             )
         )
@@ -276,6 +282,17 @@ async def test_concurrent_mixed_requests_end_in_one_consistent_state(
         assert execution.status in ("completed", "paused")
     steps = await step_numbers(sessions, str(execution.id))
     assert steps == list(range(1, len(steps) + 1))
+    # Every committed step but a final answer called one tool, logged once.
+    async with sessions() as session:
+        tool_rows = list(
+            await session.scalars(
+                select(ExecutionLog.event_type)
+                .where(ExecutionLog.execution_id == execution.id)
+                .where(ExecutionLog.event_type.in_(("tool_called", "tool_completed")))
+            )
+        )
+    with_tools = len(steps) - (1 if execution.status == "completed" else 0)
+    assert sorted(tool_rows) == ["tool_called"] * with_tools + ["tool_completed"] * with_tools
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.1, 0.15, 0.2])

@@ -1,24 +1,29 @@
 """The dashboard in a real headless Chromium (Playwright, Debian's chromium) against a live
-server: sign in, rows that change live over the WebSocket, the detail with its SSE log, and
-the control buttons."""
+server: sign in, rows that change live over the WebSocket, the detail with its SSE log, the
+control buttons, starting an execution from the form, answering a question inline, the
+conversation and subagent children."""
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
 from tests.conftest import ROOT, scripted_type
 from tests.fixtures.api import live_api
 from tests.fixtures.executions import start
 
 CHROMIUM = Path("/usr/bin/chromium")
-# The README's screenshot is refreshed only on request, so a test run leaves the tree clean:
+# The README's screenshots are refreshed only on request, so a test run leaves the tree clean:
 #   AGENTS_UPDATE_SCREENSHOT=1 .venv/bin/pytest tests/test_dashboard.py
-DOCS_SCREENSHOT = ROOT / "docs" / "dashboard.png"
+DOCS_SCREENSHOT = ROOT / "docs" / "dashboard.png"  # the start form and a conversation
+DOCS_LIVE_SCREENSHOT = ROOT / "docs" / "dashboard-live.png"  # live rows and the SSE log
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -57,7 +62,7 @@ async def test_dashboard_updates_live_streams_logs_and_controls(
 
     began = time.monotonic()
     update_docs = os.environ.get("AGENTS_UPDATE_SCREENSHOT") == "1"
-    screenshot = DOCS_SCREENSHOT if update_docs else tmp_path / "dashboard.png"
+    screenshot = DOCS_LIVE_SCREENSHOT if update_docs else tmp_path / "dashboard.png"
     settings = make_settings(agent_types={"too-long": scripted_type(5, max_steps=2)})
     errors: list[str] = []
     async with (
@@ -120,6 +125,7 @@ async def test_dashboard_updates_live_streams_logs_and_controls(
             await expect(page.locator("#d-status .badge")).to_have_text("completed")
             for action in ("pause", "resume", "cancel", "kill"):
                 await expect(page.locator(f"[data-action={action}]")).to_be_disabled()
+            await log.scroll_into_view_if_needed()
             await page.screenshot(path=str(screenshot), animations="disabled")
 
             # Cancel the paused one; a refused request shows the API's problem detail.
@@ -146,6 +152,164 @@ async def test_dashboard_updates_live_streams_logs_and_controls(
             await page.click("#sign-out")
             await expect(page.locator("#signin-form")).to_be_visible()
             assert await page.evaluate("localStorage.length") == 0
+        finally:
+            await browser.close()
+    assert errors == []
+    assert screenshot.stat().st_size > 10_000
+    assert time.monotonic() - began < 30
+
+
+def call(name: str, **arguments: object) -> ScriptedTurn:
+    return ScriptedTurn(tool_calls=[ScriptedToolCall(name=name, arguments=arguments)])
+
+
+def scripted(*turns: ScriptedTurn, **overrides: Any) -> AgentTypeSpec:
+    return AgentTypeSpec(provider="scripted", api_key_env=None, script=list(turns), **overrides)
+
+
+@needs_chromium
+async def test_dashboard_starts_answers_shows_the_conversation_and_children(
+    alice, make_settings, run_worker, tmp_path
+):
+    from playwright.async_api import async_playwright, expect
+
+    began = time.monotonic()
+    update_docs = os.environ.get("AGENTS_UPDATE_SCREENSHOT") == "1"
+    screenshot = DOCS_SCREENSHOT if update_docs else tmp_path / "dashboard.png"
+    asking = scripted(
+        call("ask_user", question="Which colour should the <b>fence</b> be?"),
+        ScriptedTurn(content="You chose {last_user_message}."),
+        description="Asks for a colour, then paints with it.",
+        capabilities=["ask_user"],
+    )
+    lead = scripted(
+        call("spawn_subagents", tasks=[{"subagent": "helper", "prompt": "part 1"}]),
+        ScriptedTurn(content="Synthesis: {last_user_message}"),
+        capabilities=["subagents"],
+        subagents=["helper"],
+    )
+    helper = scripted(ScriptedTurn(content="finding about {prompt}"))
+    keyed = AgentTypeSpec(api_key_env="AGENTS_TEST_MISSING_KEY", description="Needs a key.")
+    settings = make_settings(
+        agent_types={"asking": asking, "lead": lead, "keyed": keyed}, subagents={"helper": helper}
+    )
+    errors: list[str] = []
+    async with live_api(settings) as base, async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 860})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.set_default_timeout(10_000)
+            await page.goto(f"{base}/dashboard")
+            await page.fill("#token", alice.token)
+            await page.click("#sign-in")
+            await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+
+            # The form: the picker lists every type, those that cannot run here disabled.
+            await page.click("#new-execution")
+            picker = page.locator("#start-type")
+            keyed_option = picker.locator('option[value="keyed"]')
+            await expect(keyed_option).to_be_disabled()
+            await expect(keyed_option).to_contain_text("AGENTS_TEST_MISSING_KEY")
+            await expect(picker).to_have_value("demo")
+            info = page.locator("#type-info")
+            await expect(info).to_contain_text("Writes the prompt to note.txt")
+            await expect(info).to_contain_text("write_file")
+            await expect(info).to_contain_text("agents-default")
+            await expect(info).to_contain_text("10 steps")
+            await picker.select_option("lead")
+            await expect(info).to_contain_text("spawn_subagents")
+            await expect(info).to_contain_text("helper")
+
+            # The API's refusal shows its problem detail (the option forced on for the test).
+            await keyed_option.evaluate("option => { option.disabled = false; }")
+            await picker.select_option("keyed")
+            await page.fill("#start-prompt", "hello")
+            await page.click("#start")
+            await expect(page.locator("#start-error")).to_contain_text("cannot run")
+            await expect(page.locator("#rows tr")).to_have_count(0)
+
+            async def start_from_form(agent_type: str, prompt: str) -> str:
+                await picker.select_option(agent_type)
+                await page.fill("#start-prompt", prompt)
+                await page.click("#start")
+                await expect(page.locator("#d-type")).to_have_text(agent_type)
+                await expect(page.locator("#start-prompt")).to_have_value("")
+                execution_id = await page.locator("#d-id").text_content()
+                assert execution_id
+                await expect(page.locator(f'#rows tr[data-id="{execution_id}"]')).to_have_count(1)
+                return execution_id
+
+            asking_id = await start_from_form("asking", "paint the fence")
+            lead_id = await start_from_form("lead", "research it")
+            demo_id = await start_from_form("demo", "paint the fence")
+            await expect(page.locator("#start-error")).to_be_hidden()
+            await expect(page.locator("#rows tr")).to_have_count(3)
+            await expect(page.locator("#d-status .badge")).to_have_text("pending")
+
+            # A worker runs them all; the open detail and its conversation follow live.
+            await run_worker(settings)
+            demo_row = page.locator(f'#rows tr[data-id="{demo_id}"]')
+            await expect(demo_row.locator(".badge")).to_have_text("completed")
+            await expect(demo_row.locator(".steps")).to_have_text("3")
+            await expect(page.locator("#d-status .badge")).to_have_text("completed")
+            await expect(page.locator("#d-result")).to_contain_text(
+                "The note in my workspace says: paint the fence"
+            )
+            conversation = page.locator("#conversation")
+            await expect(conversation.locator(".msg-assistant").last).to_contain_text(
+                "The note in my workspace says"
+            )
+            await expect(conversation.locator(".msg-user")).to_have_text(
+                [re.compile("paint the fence")]
+            )
+            calls = conversation.locator("details.tool-call")
+            await expect(calls).to_have_count(2)
+            write = calls.first
+            await expect(write.locator(".tool-name")).to_have_text("write_file")
+            await expect(write.locator(".tool-args")).to_be_hidden()
+            await write.locator("summary").click()
+            await expect(write.locator(".tool-args")).to_be_visible()
+            await expect(write.locator(".tool-args")).to_contain_text('"path": "note.txt"')
+            await expect(write.locator(".tool-result")).to_be_visible()
+            await expect(calls.nth(1).locator(".tool-args")).to_be_hidden()
+            await page.fill("#start-prompt", "Summarise the open issues in the tracker")
+            await page.screenshot(path=str(screenshot), animations="disabled")
+            await page.click("#start-close")
+            await expect(page.locator("#start-form")).to_be_hidden()
+
+            # Answer the question inline; the execution goes on with the answer.
+            await page.locator(f'#rows tr[data-id="{asking_id}"]').click()
+            answer_form = page.locator("#answer-form")
+            await expect(answer_form).to_be_visible()
+            question = page.locator("#d-question")
+            await expect(question).to_have_text("Which colour should the <b>fence</b> be?")
+            assert await question.locator("b").count() == 0
+            await page.fill("#answer", "green")
+            await page.click("#send-answer")
+            await expect(page.locator("#notice")).to_contain_text("now pending")
+            await expect(answer_form).to_be_hidden()
+            await run_worker(settings)
+            await expect(page.locator("#d-status .badge")).to_have_text("completed")
+            await expect(page.locator("#d-result")).to_contain_text("You chose green.")
+            await expect(conversation.locator(".msg-user").last).to_contain_text("green")
+
+            # The parent lists its child; the child links back to its parent.
+            await page.locator(f'#rows tr[data-id="{lead_id}"]').click()
+            await expect(page.locator("#d-result")).to_contain_text("finding about part 1")
+            children = page.locator("#d-children tr")
+            await expect(children).to_have_count(1)
+            await expect(children.locator(".badge")).to_have_text("completed")
+            child_id = await children.first.get_attribute("data-id")
+            await children.locator("a").click()
+            await expect(page).to_have_url(f"{base}/dashboard#/agents/{child_id}")
+            await expect(page.locator("#d-type")).to_have_text("subagent:helper")
+            await expect(conversation).to_contain_text("finding about part 1")
+            await page.click("#d-parent a")
+            await expect(page.locator("#d-id")).to_have_text(lead_id)
+            await expect(page.locator("#d-parent")).to_be_hidden()
+            await page.go_back()
+            await expect(page.locator("#d-id")).to_have_text(str(child_id))
         finally:
             await browser.close()
     assert errors == []

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 
 from arq.constants import job_key_prefix
@@ -187,8 +188,6 @@ async def test_step_limit_fails_with_error_naming_the_limit(
 
 
 async def test_events_are_published_after_each_commit(client, alice, run_worker, redis):
-    import json
-
     pubsub = redis.pubsub()
     await pubsub.subscribe(f"user.{alice.user.id}.agents")
     created = await start(client, alice, "steps-3")
@@ -222,8 +221,97 @@ async def test_events_are_published_after_each_commit(client, alice, run_worker,
         "has_tool_calls",
         "tool_names",
         "tokens_used",
+        "token_usage",
         "timestamp",
     } <= set(step)
+
+
+async def test_a_failed_tool_call_is_logged_before_its_step(
+    alice, run_worker, sessions, redis, make_settings
+):
+    from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
+
+    spec = AgentTypeSpec(
+        provider="scripted",
+        api_key_env=None,
+        capabilities=["files"],
+        script=[
+            ScriptedTurn(
+                tool_calls=[ScriptedToolCall(name="read_file", arguments={"path": "missing.txt"})],
+                input_tokens=10,
+                output_tokens=5,
+            ),
+            ScriptedTurn(content="{last_tool_result}", input_tokens=20, output_tokens=7),
+        ],
+    )
+    settings = make_settings(agent_types={"reader": spec})
+    async with api_client(settings) as http:
+        created = await start(http, alice, "reader")
+        pubsub = redis.pubsub()
+        await pubsub.subscribe(f"agent.{created['id']}")
+        await run_worker(settings)
+        body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
+    received = []
+    for _ in range(50):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            received.append(json.loads(message["data"]))
+        if len(received) == 6:
+            break
+    await pubsub.aclose()
+    assert body["status"] == "completed"
+    assert body["output"] == {"response": "error: no such file: missing.txt"}
+
+    async with sessions() as session:
+        logs = list(
+            await session.scalars(
+                select(ExecutionLog)
+                .where(ExecutionLog.execution_id == uuid.UUID(created["id"]))
+                .order_by(ExecutionLog.id)
+            )
+        )
+    assert [(e.event_type, e.level) for e in logs] == [
+        ("status_changed", "info"),
+        ("status_changed", "info"),
+        ("tool_called", "info"),
+        ("tool_completed", "warning"),
+        ("step_completed", "info"),
+        ("step_completed", "info"),
+        ("completed", "info"),
+    ]
+    called, completed, step = logs[2:5]
+    assert called.context == {
+        "tool": "read_file",
+        "tool_call_id": "call_0_0",
+        "arguments": '{"path": "missing.txt"}',
+    }
+    assert completed.context["duration_ms"] >= 0
+    assert {k: v for k, v in completed.context.items() if k != "duration_ms"} == {
+        "tool": "read_file",
+        "tool_call_id": "call_0_0",
+        "outcome": "error",
+        "result": "error: no such file: missing.txt",
+    }
+    assert completed.message.startswith("Tool read_file failed in ")
+    assert step.message == "Step 1 completed"
+    assert step.context["tool_names"] == ["read_file"]
+
+    # Live: the tool rows as log events, then the step with its own and the cumulative tokens.
+    assert [(m["event"], m["id"]) for m in received] == [
+        ("status.changed", logs[1].id),
+        ("log", called.id),
+        ("log", completed.id),
+        ("step.completed", step.id),
+        ("step.completed", logs[5].id),
+        ("status.changed", logs[6].id),
+    ]
+    assert received[2]["data"]["level"] == "warning"
+    assert received[2]["data"]["context"]["outcome"] == "error"
+    steps = [m["data"] for m in received if m["event"] == "step.completed"]
+    assert [(s["step_number"], s["tokens_used"], s["token_usage"]) for s in steps] == [
+        (1, 15, 15),
+        (2, 27, 42),
+    ]
 
 
 async def test_sweep_recovers_an_execution_whose_worker_died(

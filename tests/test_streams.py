@@ -46,7 +46,17 @@ async def read_events(
 
 
 def summary(received: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    return [(e["event"], e["data"].get("status") or e["data"].get("step_number")) for e in received]
+    """Each event's name and what it is about: a status, a step number, a log's event type."""
+
+    def about(data: dict[str, Any]) -> Any:
+        return data.get("status") or data.get("step_number") or data.get("event_type")
+
+    return [(e["event"], about(e["data"])) for e in received]
+
+
+def tool_step(number: int) -> list[tuple[str, Any]]:
+    """The events of a step that called one tool: its tool rows, then the step."""
+    return [("log", "tool_called"), ("log", "tool_completed"), ("step.completed", number)]
 
 
 async def test_sse_replays_then_streams_live_until_finished(alice, make_settings, run_worker):
@@ -68,17 +78,23 @@ async def test_sse_replays_then_streams_live_until_finished(alice, make_settings
     assert summary(received) == [
         ("status.changed", "pending"),
         ("status.changed", "running"),
-        ("step.completed", 1),
-        ("step.completed", 2),
+        *tool_step(1),
+        *tool_step(2),
         ("step.completed", 3),
         ("status.changed", "completed"),
         ("finished", "completed"),
     ]
     ids = [int(e["id"]) for e in received if "id" in e]
     assert ids == sorted(set(ids))
-    step = received[2]["data"]
+    called, completed, step = (e["data"] for e in received[2:5])
     assert {"execution_id", "step_number", "step_type", "has_tool_calls", "tool_names",
-            "tokens_used", "timestamp"} <= set(step)  # fmt: skip
+            "tokens_used", "token_usage", "timestamp"} <= set(step)  # fmt: skip
+    steps = [e["data"] for e in received if e["event"] == "step.completed"]
+    assert [(s["tokens_used"], s["token_usage"]) for s in steps] == [(15, 15), (15, 30), (15, 45)]
+    assert (called["level"], called["context"]["tool"]) == ("info", "list_files")
+    assert completed["context"]["tool_call_id"] == called["context"]["tool_call_id"]
+    assert (completed["level"], completed["context"]["outcome"]) == ("info", "ok")
+    assert called["execution_id"] == completed["execution_id"] == created["id"]
 
 
 async def test_reconnecting_with_last_event_id_misses_and_repeats_nothing(
@@ -89,13 +105,21 @@ async def test_reconnecting_with_last_event_id_misses_and_repeats_nothing(
         created = await start(http, alice, "slow")
         worker = asyncio.create_task(run_worker(settings))
         url = f"/api/agents/{created['id']}/events"
-        first = await read_events(http, url, alice.headers, stop_after=4)  # ... step 2
-        assert first[-1]["event"] == "step.completed"
+        first = await read_events(http, url, alice.headers, stop_after=8)  # ... step 2
+        assert summary(first)[-1] == ("step.completed", 2)
         resume = {**alice.headers, "Last-Event-ID": first[-1]["id"]}
         second = await read_events(http, url, resume)
         await worker
     steps = [e["data"]["step_number"] for e in first + second if e["event"] == "step.completed"]
     assert steps == [1, 2, 3, 4, 5, 6]
+    assert summary(first + second) == [
+        ("status.changed", "pending"),
+        ("status.changed", "running"),
+        *(event for number in range(1, 6) for event in tool_step(number)),
+        ("step.completed", 6),
+        ("status.changed", "completed"),
+        ("finished", "completed"),
+    ]
     assert second[-1] == {"event": "finished", "data": {"status": "completed"}}
     # after_id in the query works the same way
     async with live_api(settings) as base, httpx.AsyncClient(base_url=base) as http:
@@ -111,6 +135,7 @@ async def test_a_finished_execution_replays_and_closes(alice, make_settings, run
         received = await read_events(http, f"/api/agents/{created['id']}/events", alice.headers)
     assert received[-1]["event"] == "finished"
     assert [e["event"] for e in received].count("step.completed") == 3
+    assert [e["event"] for e in received].count("log") == 4
 
 
 async def test_streams_are_private_and_the_admin_stream_is_admin_only(

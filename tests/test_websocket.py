@@ -34,20 +34,28 @@ async def test_subscriptions_deliver_events_of_authorized_channels(
             assert refused["event"] == "error"
             assert refused["channel"] == f"user.{bob.user.id}.agents"
             await run_worker(settings)
-            messages = [await receive(ws) for _ in range(10)]
+            messages = [await receive(ws) for _ in range(14)]
+            # Those were all: a reply to a ping comes next.
+            await send(ws, action="ping")
+            assert await receive(ws) == {"event": "pong"}
     by_channel: dict[str, list[tuple[str, Any]]] = {}
     for m in messages:
-        key = m["data"].get("status") or m["data"].get("step_number")
+        data = m["data"]
+        key = data.get("status") or data.get("step_number") or data.get("event_type")
         by_channel.setdefault(m["channel"], []).append((m["event"], key))
         assert isinstance(m["id"], int)
-    expected = [
-        ("status.changed", "running"), ("step.completed", 1), ("step.completed", 2),
-        ("step.completed", 3), ("status.changed", "completed"),
-    ]  # fmt: skip
+    # The execution's channel also carries each step's tool calls, as log events before it.
+    tools = [("log", "tool_called"), ("log", "tool_completed")]
     assert by_channel == {
-        f"agent.{created['id']}": expected,
-        f"user.{alice.user.id}.agents": expected,
-    }
+        f"agent.{created['id']}": [
+            ("status.changed", "running"), *tools, ("step.completed", 1), *tools,
+            ("step.completed", 2), ("step.completed", 3), ("status.changed", "completed"),
+        ],
+        f"user.{alice.user.id}.agents": [
+            ("status.changed", "running"), ("step.completed", 1), ("step.completed", 2),
+            ("step.completed", 3), ("status.changed", "completed"),
+        ],
+    }  # fmt: skip
 
 
 async def test_another_users_execution_and_the_admin_channel_are_refused(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.agents.drivers.base import Driver, ModelResponse
+from app.agents.drivers.base import Driver, ModelResponse, Retry
 from app.agents.event_tools import describe_outcome
 from app.agents.spec import AgentTypeSpec
 from app.agents.state import (
@@ -25,6 +26,20 @@ from app.agents.tools import Tool, ToolContext
 
 # How much of a model's unparsable tool arguments is quoted back to it.
 _QUOTE_CHARS = 200
+# How much of a tool call's arguments and result its log rows keep.
+PREVIEW_CHARS = 500
+# The share of max_steps / max_tokens at which a step logs a warning.
+LIMIT_WARNING_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """A log row a step asks for besides its own: a tool call, a warning."""
+
+    level: Literal["info", "warning"]
+    event_type: Literal["tool_called", "tool_completed", "warning"]
+    message: str
+    context: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -32,7 +47,8 @@ class StepRecord:
     """What one step did.
 
     ``state`` is the live state object, already advanced past this step; it keeps changing as
-    iteration goes on, so snapshot it at the yield if a frozen copy is needed.
+    iteration goes on, so snapshot it at the yield if a frozen copy is needed. ``logs`` are
+    the step's tool calls and warnings, in the order they happened.
     """
 
     number: int
@@ -41,6 +57,7 @@ class StepRecord:
     tokens_used: int
     new_messages: list[Message]
     state: AgentState
+    logs: list[LogEntry] = field(default_factory=list)
 
 
 class Agent:
@@ -103,16 +120,22 @@ class Agent:
         state.stop_reason = None
         return message
 
-    def receive_subagent_results(self, state: AgentState, results: list[SubagentResult]) -> Message:
+    def receive_subagent_results(
+        self,
+        state: AgentState,
+        results: list[SubagentResult],
+        limits: Mapping[str, int] | None = None,
+    ) -> Message:
         """Hand the results of the subagents the agent waits for to it, as a user message (each
-        cut to the type's ``summary_max_chars``); returns the message, for the caller to persist.
+        cut to its subagent's limit in ``limits``, else to the type's ``summary_max_chars``);
+        returns the message, for the caller to persist.
 
         Clears ``pending_subagents`` and ``stop_reason`` so that ``iterate`` continues the run.
         Raises ValueError when ``state`` is not waiting for subagents.
         """
         if state.stop_reason != "awaiting_subagents":
             raise ValueError(f"the agent is not waiting for subagents ({state.stop_reason})")
-        message = results_message(results, self.spec.summary_max_chars)
+        message = results_message(results, self.spec.summary_max_chars, limits)
         state.messages.append(message)
         state.pending_subagents = []
         state.stop_reason = None
@@ -158,10 +181,12 @@ class Agent:
         started = time.monotonic()
         response: ModelResponse | None = None
         context = ToolContext(tasks=list(state.tasks))
+        logs: list[LogEntry] = []
         try:
             async with asyncio.timeout(self.spec.timeout - state.elapsed_seconds) as limit:
                 response = await self.driver.complete(self._conversation(state), self._tool_specs)
-                results = await self._run_tools(response.message.tool_calls, context)
+                logs.extend(_retry_warning(retry) for retry in response.retries)
+                results = await self._run_tools(response.message.tool_calls, context, logs)
         except TimeoutError:
             if not limit.expired():
                 raise  # a TimeoutError of the driver or a tool, not the step's deadline
@@ -175,8 +200,10 @@ class Agent:
         message = response.message
         new_messages = [message, *results]
         state.messages.extend(new_messages)
+        tokens_before = state.usage.total_tokens
         state.usage = state.usage.add(response.usage)
         state.step_count += 1
+        logs.extend(self._limit_warnings(state, tokens_before))
         state.elapsed_seconds += time.monotonic() - started
         state.tasks = context.tasks
         if not message.tool_calls:
@@ -198,7 +225,28 @@ class Agent:
             tokens_used=response.usage.total_tokens,
             new_messages=new_messages,
             state=state,
+            logs=logs,
         )
+
+    def _limit_warnings(self, state: AgentState, tokens_before: int) -> list[LogEntry]:
+        """A warning for each limit this step brought to 80% of its maximum."""
+        warnings = []
+        crossings = (
+            ("max_steps", state.step_count - 1, state.step_count, self.spec.max_steps),
+            ("max_tokens", tokens_before, state.usage.total_tokens, self.spec.max_tokens),
+        )
+        for limit, before, now, maximum in crossings:
+            threshold = maximum * LIMIT_WARNING_SHARE
+            if before < threshold <= now < maximum:
+                warnings.append(
+                    LogEntry(
+                        "warning",
+                        "warning",
+                        f"{limit} nearly reached: {now} of {maximum}",
+                        {"kind": "limit", "limit": limit, "used": now, "maximum": maximum},
+                    )
+                )
+        return warnings
 
     def _conversation(self, state: AgentState) -> list[Message]:
         """The messages sent to the model: the state's, the current plan (if any) appended
@@ -219,16 +267,24 @@ class Agent:
             messages.insert(0, Message(role="system", content=plan))
         return messages
 
-    async def _run_tools(self, calls: list[ToolCall], context: ToolContext) -> list[Message]:
+    async def _run_tools(
+        self, calls: list[ToolCall], context: ToolContext, logs: list[LogEntry]
+    ) -> list[Message]:
         """The tool messages answering ``calls``, in order; a ``wait_for_event`` call that
-        starts a wait gets none now (the event becomes its result)."""
+        starts a wait gets none now (the event becomes its result). Each call adds its
+        ``tool_called`` and ``tool_completed`` rows to ``logs``."""
         results = []
         for call in calls:
             waiting = context.event_wait
+            logs.append(_tool_called(call))
+            started = time.monotonic()
             result = await self._run_tool(call, context)
+            duration = time.monotonic() - started
             if context.event_wait is not None and context.event_wait is not waiting:
                 context.event_wait.tool_call_id = call.id
+                logs.append(_tool_completed(call, "waiting for the event", duration))
                 continue
+            logs.append(_tool_completed(call, result.content or "", duration))
             results.append(result)
         wait = context.event_wait
         if wait is not None and (context.questions or context.subagent_tasks):
@@ -258,3 +314,54 @@ class Agent:
         else:
             result = await tool.invoke(call.arguments, context)
         return Message(role="tool", content=result, tool_call_id=call.id, name=call.name)
+
+
+def _preview(text: str) -> str:
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "..."
+
+
+def _tool_called(call: ToolCall) -> LogEntry:
+    if call.invalid_arguments is not None:
+        arguments = call.invalid_arguments
+    else:
+        arguments = json.dumps(call.arguments, ensure_ascii=False)
+    return LogEntry(
+        "info",
+        "tool_called",
+        f"Tool {call.name} called",
+        {"tool": call.name, "tool_call_id": call.id, "arguments": _preview(arguments)},
+    )
+
+
+def _tool_completed(call: ToolCall, result: str, duration: float) -> LogEntry:
+    # Every expected tool failure comes back to the model as "error: ...".
+    failed = result.startswith("error:")
+    return LogEntry(
+        "warning" if failed else "info",
+        "tool_completed",
+        f"Tool {call.name} {'failed' if failed else 'completed'} in {duration * 1000:.0f} ms",
+        {
+            "tool": call.name,
+            "tool_call_id": call.id,
+            "outcome": "error" if failed else "ok",
+            "duration_ms": round(duration * 1000, 1),
+            "result": _preview(result),
+        },
+    )
+
+
+def _retry_warning(retry: Retry) -> LogEntry:
+    return LogEntry(
+        "warning",
+        "warning",
+        f"Model call attempt {retry.attempt} of {retry.attempts} failed ({retry.failure}); "
+        f"retried after {retry.wait_seconds:g} s",
+        {
+            "kind": "provider_retry",
+            "status": retry.status_code,
+            "attempt": retry.attempt,
+            "attempts": retry.attempts,
+            "wait_seconds": retry.wait_seconds,
+            "failure": retry.failure,
+        },
+    )

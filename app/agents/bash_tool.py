@@ -102,7 +102,7 @@ async def terminate_group(pgid: int, grace: float = KILL_GRACE_SECONDS) -> None:
 
 
 class ProcessRegistry:
-    """The process groups of bash commands, per workspace root, that may still be running.
+    """The process groups of bash commands, per owner (an execution), that may still be running.
 
     A group stays registered after its command returns while processes it started in the
     background are still alive, so they can be killed when the execution ends. Groups whose
@@ -110,47 +110,48 @@ class ProcessRegistry:
     """
 
     def __init__(self) -> None:
-        self._groups: dict[Path, set[int]] = {}
+        self._groups: dict[str, set[int]] = {}
 
-    def add(self, root: Path, pgid: int) -> None:
+    def add(self, owner: str, pgid: int) -> None:
         self._prune()
-        self._groups.setdefault(root, set()).add(pgid)
+        self._groups.setdefault(owner, set()).add(pgid)
 
-    def discard(self, root: Path, pgid: int) -> None:
-        groups = self._groups.get(root)
+    def discard(self, owner: str, pgid: int) -> None:
+        groups = self._groups.get(owner)
         if groups is not None:
             groups.discard(pgid)
             if not groups:
-                del self._groups[root]
+                del self._groups[owner]
 
-    def running(self, root: Path) -> list[int]:
-        """The registered groups of ``root`` that still have a process."""
-        return sorted(pgid for pgid in self._groups.get(root, ()) if _signal_group(pgid, 0))
+    def running(self, owner: str) -> list[int]:
+        """The registered groups of ``owner`` that still have a process."""
+        return sorted(pgid for pgid in self._groups.get(owner, ()) if _signal_group(pgid, 0))
 
-    async def kill_all(self, root: Path, grace: float = KILL_GRACE_SECONDS) -> int:
-        """Terminate every group of ``root``; the number that still had a process."""
-        pgids = self.running(root)
-        self._groups.pop(root, None)
+    async def kill_all(self, owner: str, grace: float = KILL_GRACE_SECONDS) -> int:
+        """Terminate every group of ``owner``; the number that still had a process."""
+        pgids = self.running(owner)
+        self._groups.pop(owner, None)
         await asyncio.gather(*(terminate_group(pgid, grace) for pgid in pgids))
         return len(pgids)
 
     def _prune(self) -> None:
-        for root, groups in list(self._groups.items()):
+        for owner, groups in list(self._groups.items()):
             for pgid in [pgid for pgid in groups if not _signal_group(pgid, 0)]:
-                self.discard(root, pgid)
+                self.discard(owner, pgid)
 
 
 PROCESSES = ProcessRegistry()
 """The registry every bash tool uses unless given its own."""
 
 
-async def kill_workspace_processes(root: Path, grace: float = KILL_GRACE_SECONDS) -> int:
-    """Kill every process bash tools started in workspace ``root`` that is still running.
+async def kill_processes(owner: str, grace: float = KILL_GRACE_SECONDS) -> int:
+    """Kill every process the bash tools of ``owner`` (an execution id) started that is still
+    running.
 
-    For the engine when an execution ends or is cancelled; returns the number of process
-    groups that still had a process.
+    For the engine when an execution's job ends; returns the number of process groups that
+    still had a process. Executions sharing a workspace do not kill each other's commands.
     """
-    return await PROCESSES.kill_all(Workspace(root).root, grace)
+    return await PROCESSES.kill_all(owner, grace)
 
 
 class _CappedOutput:
@@ -251,12 +252,16 @@ class Bash(Tool):
         processes: ProcessRegistry = PROCESSES,
         sandbox: Sandbox = UNCONFINED,
         network: bool = False,
+        owner: str | None = None,
     ) -> None:
+        """``owner`` names whose commands these are, for :func:`kill_processes` (default:
+        the workspace's path)."""
         sandbox.check_usable()
         sandbox.prepare(workspace.root)
         self.sandbox = sandbox
         self.network = network
         self.workspace = workspace
+        self.owner = owner or str(workspace.root)
         self.default_timeout = default_timeout
         self.max_timeout = max_timeout
         self.max_output_chars = max_output_chars
@@ -272,7 +277,7 @@ class Bash(Tool):
 
     async def kill_all(self) -> int:
         """Kill every process still running that a bash command started in this workspace."""
-        return await self.processes.kill_all(self.workspace.root, self.kill_grace)
+        return await self.processes.kill_all(self.owner, self.kill_grace)
 
     async def run(self, args: BaseModel, context: ToolContext) -> str:
         assert isinstance(args, BashArgs)  # invoke() validated against Args
@@ -307,16 +312,16 @@ class Bash(Tool):
         launch.started()
         sandbox_pid = asyncio.create_task(launch.sandbox_pid())
         try:
-            return await self._collect(process, read_fd, root, timeout)
+            return await self._collect(process, read_fd, timeout)
         finally:
             await _end_sandbox(launch, sandbox_pid)
 
     async def _collect(
-        self, process: asyncio.subprocess.Process, read_fd: int, root: Path, timeout: float
+        self, process: asyncio.subprocess.Process, read_fd: int, timeout: float
     ) -> str:
         """Read the command's output until it ends; the tool's result."""
         pgid = process.pid  # a session leader's pid is its process group id
-        self.processes.add(root, pgid)
+        self.processes.add(self.owner, pgid)
         output = _CappedOutput(self.max_output_chars)
         loop = asyncio.get_running_loop()
         closed: asyncio.Future[None] = loop.create_future()
@@ -331,7 +336,7 @@ class Bash(Tool):
             # Cancelled: the engine stops the execution, or the step's deadline passed.
             # Nothing the command started may outlive it.
             await terminate_group(pgid, self.kill_grace)
-            self.processes.discard(root, pgid)
+            self.processes.discard(self.owner, pgid)
             raise
         finally:
             if transport is None:
@@ -340,7 +345,7 @@ class Bash(Tool):
                 transport.close()
         # Killed groups may leave zombies (orphans whose reaper is slow), dead all the same.
         if killed or not _signal_group(pgid, 0):
-            self.processes.discard(root, pgid)
+            self.processes.discard(self.owner, pgid)
         text = output.text()
         if text and not text.endswith("\n"):
             text += "\n"

@@ -46,8 +46,13 @@ def builtin_subagents() -> dict[str, AgentTypeSpec]:
     return {
         "deep-research": AgentTypeSpec(
             description="Investigates one sub-question thoroughly and reports findings.",
-            system_prompt="You research one question thoroughly and report what you found.",
-            capabilities=["files", "tasks"],
+            system_prompt=(
+                "You research one question thoroughly, write your findings to a file in the "
+                "workspace, and report what you found."
+            ),
+            capabilities=["files"],
+            tools=["read_file", "search_files", "write_file"],
+            workspace="parent",
             queue="agents-long",
             max_steps=50,
         ),
@@ -55,13 +60,20 @@ def builtin_subagents() -> dict[str, AgentTypeSpec]:
             description="Answers a narrow factual question quickly.",
             system_prompt="You answer one narrow question quickly and precisely.",
             capabilities=["files"],
+            tools=["read_file", "search_files"],
+            workspace="parent",
             queue="agents-default",
             max_steps=10,
         ),
         "synthesis": AgentTypeSpec(
             description="Combines findings into one coherent answer.",
-            system_prompt="You combine the findings you are given into one coherent answer.",
+            system_prompt=(
+                "You combine the findings you are given, and those in the workspace's files, "
+                "into one coherent answer."
+            ),
             capabilities=["files"],
+            tools=["read_file", "write_file"],
+            workspace="parent",
             queue="agents-default",
             max_steps=10,
         ),

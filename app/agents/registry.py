@@ -22,7 +22,7 @@ from app.agents.errors import MissingApiKey
 from app.agents.event_tools import WaitForEvent
 from app.agents.file_tools import file_tools
 from app.agents.sandbox import Sandbox
-from app.agents.spec import AgentTypeSpec
+from app.agents.spec import CAPABILITY_TOOLS, AgentTypeSpec
 from app.agents.subagents import SpawnSubagents
 from app.agents.task_tools import TaskPlan
 from app.agents.tools import Tool
@@ -38,6 +38,13 @@ def check_agent_type(spec: AgentTypeSpec, environ: Mapping[str, str]) -> None:
     _api_key(spec, environ)
 
 
+def offered_tools(spec: AgentTypeSpec) -> list[str]:
+    """The names of the tools an agent of ``spec`` is offered, in the order it gets them."""
+    names = [name for capability in spec.capabilities for name in CAPABILITY_TOOLS[capability]]
+    names = list(dict.fromkeys(names))
+    return names if spec.tools is None else [name for name in names if name in spec.tools]
+
+
 def build_agent(
     spec: AgentTypeSpec,
     *,
@@ -48,6 +55,7 @@ def build_agent(
     subagents: Mapping[str, AgentTypeSpec] | None = None,
     sandbox: Sandbox = UNCONFINED,
     network: bool = False,
+    process_owner: str | None = None,
 ) -> Agent:
     """The agent for ``spec``, its file and bash tools (if any) working in ``workspace``.
 
@@ -55,8 +63,10 @@ def build_agent(
     write_file, edit_file, list_files, search_files), ``bash``, ``tasks`` (task_plan) and
     ``ask_user``, ``subagents`` (spawn_subagents, offering the ``subagents`` specs that
     ``spec.subagents`` names; ``depth`` is this agent's nesting depth) and ``events``
-    (wait_for_event). Bash commands run in ``sandbox``, with the network if ``network``; a
-    sandbox that refuses bash raises :class:`~app.agents.sandbox.SandboxUnavailable`.
+    (wait_for_event); ``spec.tools``, if set, keeps only the tools it names. Bash commands
+    run in ``sandbox``, with the network if ``network``, and belong to ``process_owner`` (see
+    :func:`~app.agents.bash_tool.kill_processes`); a sandbox that refuses bash raises
+    :class:`~app.agents.sandbox.SandboxUnavailable`.
     """
     driver: Driver
     if spec.provider == "scripted":
@@ -78,7 +88,13 @@ def build_agent(
         tools.extend(file_tools(root))
     if "bash" in spec.capabilities:
         tools.append(
-            Bash(root, default_timeout=spec.bash_timeout, sandbox=sandbox, network=network)
+            Bash(
+                root,
+                default_timeout=spec.bash_timeout,
+                sandbox=sandbox,
+                network=network,
+                owner=process_owner,
+            )
         )
     if "tasks" in spec.capabilities:
         tools.append(TaskPlan())
@@ -90,6 +106,8 @@ def build_agent(
         tools.append(SpawnSubagents(available, depth=depth, max_depth=spec.max_depth))
     if "events" in spec.capabilities:
         tools.append(WaitForEvent(spec.max_event_wait))
+    if spec.tools is not None:
+        tools = [tool for tool in tools if tool.name in spec.tools]
     return Agent(spec, driver, tools)
 
 

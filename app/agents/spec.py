@@ -17,6 +17,26 @@ from pydantic import (
 Provider = Literal["openai", "anthropic", "scripted"]
 Capability = Literal["bash", "files", "tasks", "ask_user", "subagents", "events"]
 
+CAPABILITY_TOOLS: dict[str, tuple[str, ...]] = {
+    "files": ("read_file", "write_file", "edit_file", "list_files", "search_files"),
+    "bash": ("bash",),
+    "tasks": ("task_plan",),
+    "ask_user": ("ask_user",),
+    "subagents": ("spawn_subagents",),
+    "events": ("wait_for_event",),
+}
+"""The tools each capability gives the model."""
+
+INHERITED_FIELDS = (
+    "provider",
+    "model",
+    "base_url",
+    "api_key_env",
+    "request_timeout",
+    "max_retries",
+)
+"""What a subagent takes from the execution that spawns it, unless its own spec sets it."""
+
 
 class ScriptedToolCall(BaseModel):
     """A tool call the scripted driver makes on behalf of the model."""
@@ -67,6 +87,10 @@ class AgentTypeSpec(BaseModel):
     subagents: list[str] = Field(default_factory=list)
     max_depth: int = Field(default=3, ge=0)
     summary_max_chars: PositiveInt = 12_000
+    # Only these of the tools the capabilities give (None: all of them).
+    tools: list[str] | None = None
+    # A subagent's working directory: a workspace of its own, or its parent's (shared).
+    workspace: Literal["own", "parent"] = "own"
     # The longest an execution of this type waits for an event (``wait_for_event``'s default
     # and ceiling); unset, ``timeouts.max_event_wait``.
     max_event_wait: PositiveFloat = 1800.0
@@ -84,6 +108,32 @@ class AgentTypeSpec(BaseModel):
                 **data,
             }
         return data
+
+    @model_validator(mode="after")
+    def _tools_come_from_capabilities(self) -> AgentTypeSpec:
+        if self.tools is not None:
+            offered = {tool for c in self.capabilities for tool in CAPABILITY_TOOLS[c]}
+            unknown = sorted(set(self.tools) - offered)
+            if unknown:
+                raise ValueError(
+                    f"tools {', '.join(unknown)} are not given by the capabilities "
+                    f"{', '.join(self.capabilities) or '(none)'}"
+                )
+        return self
+
+    def inheritance(self) -> dict[str, Any]:
+        """What a subagent spawned by an agent of this spec inherits (see ``inherit``)."""
+        return {name: getattr(self, name) for name in INHERITED_FIELDS}
+
+    def inherit(self, parent: dict[str, Any]) -> AgentTypeSpec:
+        """This spec with the model settings of the spawning execution (``parent``, from its
+        ``inheritance``) where this spec does not set its own."""
+        update = {
+            name: value
+            for name, value in parent.items()
+            if name in INHERITED_FIELDS and name not in self.model_fields_set
+        }
+        return self.model_copy(update=update) if update else self
 
     @field_validator("api_key_env", mode="before")
     @classmethod

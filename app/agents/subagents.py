@@ -74,13 +74,16 @@ class SpawnSubagents(Tool):
         return STARTED.format(count=len(args.tasks))
 
 
-def results_message(results: list[SubagentResult], max_chars: int) -> Message:
-    """The user message that hands subagents' results to their parent, each cut to
-    ``max_chars``."""
+def results_message(
+    results: list[SubagentResult], max_chars: int, limits: Mapping[str, int] | None = None
+) -> Message:
+    """The user message that hands subagents' results to their parent, each cut to its
+    subagent's limit in ``limits``, else to ``max_chars``."""
     parts = [f"Results of the {len(results)} subagent(s):"]
     for number, result in enumerate(results, start=1):
         body = result.text
-        if len(body) > max_chars:
-            body = body[:max_chars] + _TRUNCATED
+        limit = (limits or {}).get(result.subagent, max_chars)
+        if len(body) > limit:
+            body = body[:limit] + _TRUNCATED
         parts.append(f"## {number}. {result.subagent} ({result.status})\n{body}")
     return Message(role="user", content="\n\n".join(parts))

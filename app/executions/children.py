@@ -7,6 +7,7 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.agents.spec import AgentTypeSpec
 from app.agents.state import SubagentResult, SubagentTask
 from app.config import SUBAGENT_PREFIX, Settings
 from app.db import transaction_connection
@@ -16,17 +17,31 @@ from app.executions.transitions import TERMINAL, Status, StatusChange
 from app.executions.worker_repository import NewChild
 
 
-def new_children(settings: Settings, tasks: list[SubagentTask]) -> list[NewChild]:
-    """The executions to create for the tasks of a ``spawn_subagents`` call."""
-    return [
-        NewChild(
-            id=uuid.uuid4(),
-            agent_type=SUBAGENT_PREFIX + task.subagent,
-            queue=settings.subagents[task.subagent].queue,
-            prompt=task.prompt,
+def new_children(
+    settings: Settings,
+    tasks: list[SubagentTask],
+    *,
+    parent: AgentTypeSpec,
+    parent_workspace: uuid.UUID,
+) -> list[NewChild]:
+    """The executions to create for the tasks of a ``spawn_subagents`` call by an agent of
+    spec ``parent`` working in ``parent_workspace``: each inherits the parent's model settings
+    (where its own spec does not set them) and, if its spec says ``workspace = "parent"``,
+    shares the parent's workspace."""
+    children = []
+    for task in tasks:
+        spec = settings.subagents[task.subagent]
+        children.append(
+            NewChild(
+                id=uuid.uuid4(),
+                agent_type=SUBAGENT_PREFIX + task.subagent,
+                queue=spec.queue,
+                prompt=task.prompt,
+                workspace_id=parent_workspace if spec.workspace == "parent" else None,
+                inherited=parent.inheritance(),
+            )
         )
-        for task in tasks
-    ]
+    return children
 
 
 def _result(child: ChildResult) -> SubagentResult:

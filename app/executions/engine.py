@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, TypedDict
 
 import httpx
@@ -21,7 +22,7 @@ from arq.worker import Retry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.agents.agent import Agent, StepRecord
-from app.agents.bash_tool import kill_workspace_processes
+from app.agents.bash_tool import kill_processes
 from app.agents.errors import AgentError
 from app.agents.registry import build_agent
 from app.agents.sandbox import Sandbox
@@ -87,7 +88,9 @@ class ChunkRunner:
         self.claim = claim
         self.id = claim.id
         self.lease = claim.lease
-        self.workspace = self.settings.workspace_base / str(claim.id)
+        # A subagent with workspace = "parent" works in its parent's directory.
+        self.workspace_id = claim.workspace_id or claim.id
+        self.workspace = self.settings.workspace_base / str(self.workspace_id)
 
     async def run(self) -> None:
         if self.claim.change is not None:
@@ -100,6 +103,9 @@ class ChunkRunner:
         if spec is None:
             await self._fail("unknown_agent_type", f"no agent type {self.claim.agent_type!r}")
             return
+        if self.claim.inherited:
+            spec = spec.inherit(self.claim.inherited)
+        self.spec = spec
         if self.claim.chunk_count > self.settings.limits.max_chunks:
             limit = self.settings.limits.max_chunks
             await self._fail("max_chunks_exceeded", f"stopped after {limit} chunks")
@@ -113,6 +119,7 @@ class ChunkRunner:
             subagents=self.settings.subagents,
             sandbox=self.ctx["sandbox"],
             network=self.ctx["sandbox"].allows_network(self.claim.agent_type),
+            process_owner=str(self.id),
         )
         if self.claim.state_snapshot is None:
             state = agent.initial_state(str(self.claim.input.get("prompt", "")))
@@ -139,7 +146,7 @@ class ChunkRunner:
                     results = [
                         SubagentResult.model_validate(r) for r in delivery.payload["results"]
                     ]
-                    agent.receive_subagent_results(state, results)
+                    agent.receive_subagent_results(state, results, self._summary_limits())
                 elif delivery.signal in _EVENT_ENDINGS:
                     outcome = EventOutcome.model_validate(
                         {**delivery.payload, "timed_out": delivery.signal is Signal.EVENT_TIMEOUT}
@@ -151,6 +158,15 @@ class ChunkRunner:
                     self.id, delivery.signal, exc_info=True,
                 )  # fmt: skip
         return [delivery.id for delivery in self.claim.deliveries]
+
+    def _summary_limits(self) -> dict[str, int]:
+        """How much of each subagent's result its parent reads, where the subagent's spec
+        says (otherwise the parent type's ``summary_max_chars``)."""
+        return {
+            name: spec.summary_max_chars
+            for name, spec in self.settings.subagents.items()
+            if "summary_max_chars" in spec.model_fields_set
+        }
 
     async def _drive(
         self, agent: Agent, state: AgentState, persisted: int, delivered: list[int]
@@ -189,7 +205,12 @@ class ChunkRunner:
         children: list[NewChild] | None = None
         wait: dict[str, Any] | None = None
         if finish is DELEGATE:
-            children = new_children(self.settings, state.pending_subagents)
+            children = new_children(
+                self.settings,
+                state.pending_subagents,
+                parent=self.spec,
+                parent_workspace=self.workspace_id,
+            )
             wait = {"children": [str(child.id) for child in children]}
         elif finish is WAIT and state.pending_event is not None:
             pending = state.pending_event
@@ -214,7 +235,9 @@ class ChunkRunner:
                 "has_tool_calls": bool(record.tool_names),
                 "tool_names": record.tool_names,
                 "tokens_used": record.tokens_used,
+                "token_usage": state.usage.total_tokens,
             },
+            entries=[asdict(entry) for entry in record.logs],
             finish=finish,
             output={"response": state.final_answer} if finish is COMPLETE else None,
             metadata={"question": state.pending_question} if finish is ASK else None,
@@ -227,13 +250,14 @@ class ChunkRunner:
         if written is None:
             raise LeaseLost
         effects = self._effects()
-        step_event = events.step_completed(
-            self.id, written.log_id, written.created_at, step.log_context
+        step_events = [events.from_log(self.id, entry, None) for entry in written.entries]
+        step_events.append(
+            events.step_completed(self.id, written.log_id, written.created_at, step.log_context)
         )
         if written.change is None:
-            effects.publish(self.id, self.claim.user_id, step_event)
+            effects.publish(self.id, self.claim.user_id, *step_events)
         else:
-            effects.announce(written.change, before=[step_event])
+            effects.announce(written.change, before=step_events)
         for child in children or []:
             effects.enqueue(child.id, 0, child.queue)
         await effects.run()
@@ -378,5 +402,5 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retri
         # No process a bash call started outlives the job: the next chunk may run elsewhere,
         # and a cancelled or finished execution must leave nothing running.
         with contextlib.suppress(Exception):
-            await asyncio.shield(kill_workspace_processes(runner.workspace))
+            await asyncio.shield(kill_processes(str(runner.id)))
     return "ok"

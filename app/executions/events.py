@@ -143,13 +143,20 @@ def from_log(execution_id: uuid.UUID, row: LogRow, completed_at: datetime | None
 
 
 async def publish(redis: Redis, execution_id: uuid.UUID, user_id: int, events: list[Event]) -> None:
-    """Send events to the execution's, the owner's and the admins' channels in one round trip."""
+    """Send events to the execution's, the owner's and the admins' channels in one round trip.
+
+    The owner's channel, which follows all of a user's executions, carries their steps and
+    status changes, not their ``log`` events (tool calls, warnings).
+    """
     if not events:
         return
-    channels = (execution_channel(execution_id), user_channel(user_id), ADMIN_CHANNEL)
+    everything = (execution_channel(execution_id), ADMIN_CHANNEL)
+    owner = user_channel(user_id)
     async with redis.pipeline(transaction=False) as pipe:
         for event in events:
             payload = event.encode()
-            for channel in channels:
+            for channel in everything:
                 pipe.publish(channel, payload)
+            if event.name is not EventName.LOG:
+                pipe.publish(owner, payload)
         await pipe.execute()

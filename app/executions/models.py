@@ -88,6 +88,10 @@ class Execution(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created_at()
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Set for subagents by the step that spawns them: the execution whose workspace directory
+    # this one shares (NULL: its own) and the model settings it inherited.
+    workspace_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    inherited: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class ExecutionMessage(Base):

@@ -13,7 +13,7 @@ from sqlalchemy import BigInteger, DateTime, TextClause, bindparam, func, inspec
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.executions.models import Execution, ExecutionLog
+from app.executions.models import Execution, ExecutionLog, ExecutionMessage
 from app.executions.transitions import (
     ANSWER,
     CANCEL,
@@ -328,6 +328,17 @@ async def list_logs(
     if event_type is not None:
         query = query.where(ExecutionLog.event_type == event_type)
     rows = await session.scalars(query.order_by(ExecutionLog.id).limit(limit))
+    return list(rows)
+
+
+async def list_messages(
+    session: AsyncSession, execution_id: uuid.UUID, *, after_seq: int | None, limit: int
+) -> list[ExecutionMessage]:
+    """Conversation turns in order after the ``after_seq`` cursor."""
+    query = select(ExecutionMessage).where(ExecutionMessage.execution_id == execution_id)
+    if after_seq is not None:
+        query = query.where(ExecutionMessage.seq > after_seq)
+    rows = await session.scalars(query.order_by(ExecutionMessage.seq).limit(limit))
     return list(rows)
 
 

@@ -20,6 +20,7 @@ from app.executions.control import IllegalTransition, apply_signal
 from app.executions.schemas import (
     ChildSummary,
     ControlResponse,
+    ConversationMessage,
     ExecutionDetail,
     ExecutionOut,
     ExecutionPage,
@@ -160,6 +161,24 @@ async def list_execution_logs(
         session, execution, after_id=after_id, level=level, event_type=event_type, limit=limit
     )
     return [LogEntry.model_validate(entry) for entry in logs]
+
+
+@router.get(
+    "/{execution_id}/messages",
+    response_model=list[ConversationMessage],
+    operation_id="listExecutionMessages",
+    summary="The conversation with the model, in order after a cursor",
+    responses={**_AUTH, **ExecutionNotFound.openapi()},
+)
+async def list_execution_messages(
+    execution_id: uuid.UUID,
+    user: CurrentUser,
+    session: SessionDep,
+    after_seq: Annotated[int | None, Query(ge=-1, le=2**31 - 1)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[ConversationMessage]:
+    execution = await service.get_visible_execution(session, user, execution_id)
+    return await service.list_messages(session, execution, after_seq=after_seq, limit=limit)
 
 
 def _control_route(signal: Signal, summary: str) -> Any:

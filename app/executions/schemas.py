@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -91,6 +91,25 @@ class LogEntry(BaseModel):
     event_type: str
     message: str
     context: dict[str, Any]
+    created_at: datetime
+
+
+class ConversationToolCall(BaseModel):
+    id: str
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    invalid_arguments: str | None = None
+
+
+class ConversationMessage(BaseModel):
+    """One turn of an execution's conversation with its model."""
+
+    seq: int = Field(description="Its position; pass the last one as `after_seq` for more.")
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[ConversationToolCall] = Field(default_factory=list)
+    tool_call_id: str | None = Field(default=None, description="The call a tool turn answers.")
+    name: str | None = Field(default=None, description="The tool a tool turn comes from.")
     created_at: datetime
 
 
@@ -183,3 +202,25 @@ class SendInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input: AnswerInput
+
+
+class AgentTypeOut(BaseModel):
+    """An agent type a user may start, as the dashboard's picker shows it."""
+
+    name: str
+    description: str
+    provider: str
+    model: str
+    capabilities: list[str]
+    tools: list[str] = Field(description="the tools its model is offered")
+    subagents: list[str]
+    queue: str
+    max_steps: int
+    max_tokens: int
+    timeout_seconds: float
+    available: bool = Field(description="false when it cannot run here (see `unavailable`)")
+    unavailable: str | None = Field(default=None, description="why it cannot run")
+
+
+class AgentTypeList(BaseModel):
+    items: list[AgentTypeOut]

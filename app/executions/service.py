@@ -13,7 +13,7 @@ from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.agents.errors import MissingApiKey
-from app.agents.registry import check_agent_type
+from app.agents.registry import check_agent_type, offered_tools
 from app.auth.models import User
 from app.config import Settings
 from app.errors import ExecutionNotFound, InvalidRequest, UnknownAgentType
@@ -21,7 +21,37 @@ from app.executions import repository
 from app.executions.effects import after_commit_effects
 from app.executions.limits import check_start_allowed
 from app.executions.models import Execution, ExecutionLog
-from app.executions.schemas import AwaitEvent
+from app.executions.schemas import AgentTypeOut, AwaitEvent, ConversationMessage
+
+
+def agent_types(settings: Settings) -> list[AgentTypeOut]:
+    """The agent types, in name order, with what they can do and whether they can run."""
+    keys = settings.provider_keys()
+    types = []
+    for name, spec in sorted(settings.agent_types.items()):
+        problem = None
+        try:
+            check_agent_type(spec, keys)
+        except MissingApiKey as exc:
+            problem = str(exc)
+        types.append(
+            AgentTypeOut(
+                name=name,
+                description=spec.description,
+                provider=spec.provider,
+                model=spec.model,
+                capabilities=list(spec.capabilities),
+                tools=offered_tools(spec),
+                subagents=list(spec.subagents),
+                queue=spec.queue,
+                max_steps=spec.max_steps,
+                max_tokens=spec.max_tokens,
+                timeout_seconds=spec.timeout,
+                available=problem is None,
+                unavailable=problem,
+            )
+        )
+    return types
 
 
 async def start_execution(
@@ -142,6 +172,18 @@ async def view_execution(
     logs = await repository.latest_logs(session, execution.id, latest_logs)
     children = await repository.list_children(session, execution.id)
     return ExecutionView(execution, logs, children)
+
+
+async def list_messages(
+    session: AsyncSession, execution: Execution, *, after_seq: int | None, limit: int
+) -> list[ConversationMessage]:
+    rows = await repository.list_messages(session, execution.id, after_seq=after_seq, limit=limit)
+    return [
+        ConversationMessage.model_validate(
+            {**row.message, "seq": row.seq, "created_at": row.created_at}
+        )
+        for row in rows
+    ]
 
 
 async def list_logs(

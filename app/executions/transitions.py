@@ -48,6 +48,11 @@ class EventType(StrEnum):
     EVENT_WAITING = "event_waiting"
     EVENT_RECEIVED = "event_received"
     EVENT_TIMEOUT = "event_timeout"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TOOL_CALLED = "tool_called"
+    TOOL_COMPLETED = "tool_completed"
+    WARNING = "warning"
 
 
 class Actor(StrEnum):
@@ -134,16 +139,16 @@ RESUME_SCHEDULED = _move("resume scheduled", A.CLIENT, (S.PAUSED,), S.SCHEDULED,
 CANCEL = _move("cancel", A.CLIENT, UNFINISHED, S.CANCELLED, E.CANCELLED, bumps_lease=True)
 KILL = _move("kill", A.CLIENT, UNFINISHED, S.CANCELLED, E.FORCE_KILLED, bumps_lease=True)
 ANSWER = _move("answer", A.CLIENT, (S.AWAITING_INPUT,), S.PENDING, E.INPUT_RECEIVED)
-COMPLETE = _move("complete", A.WORKER, (S.RUNNING,), S.COMPLETED)
+COMPLETE = _move("complete", A.WORKER, (S.RUNNING,), S.COMPLETED, E.COMPLETED)
 ASK = _move("ask the user", A.WORKER, (S.RUNNING,), S.AWAITING_INPUT)
 DELEGATE = _move("wait for subagents", A.WORKER, (S.RUNNING,), S.AWAITING_EVENT)
 WAIT = _move("wait for an event", A.WORKER, (S.RUNNING,), S.AWAITING_EVENT, E.EVENT_WAITING)
-FAIL = _move("fail", A.WORKER, (S.RUNNING,), S.FAILED, level="error")
+FAIL = _move("fail", A.WORKER, (S.RUNNING,), S.FAILED, E.FAILED, level="error")
 WAKE = _move("subagents finished", A.CHILDREN, (S.AWAITING_EVENT,), S.PENDING,
              E.SUBAGENTS_FINISHED)
 CANCEL_WITH_PARENT = _move("cancel with parent", A.PARENT, UNFINISHED, S.CANCELLED, E.CANCELLED,
                            bumps_lease=True)
-ABANDON = _move("worker lost", A.SWEEP, (S.RUNNING,), S.FAILED, level="error")
+ABANDON = _move("worker lost", A.SWEEP, (S.RUNNING,), S.FAILED, E.FAILED, level="error")
 EVENT_ARRIVED = _move("event arrived", A.EVENTS, (S.AWAITING_EVENT,), S.PENDING, E.EVENT_RECEIVED)
 EVENT_HELD = _move("event held while paused", A.EVENTS, (S.PAUSED,), S.PAUSED, E.EVENT_RECEIVED)
 WAIT_TIMED_OUT = _move("wait timed out", A.TIMER, (S.AWAITING_EVENT,), S.PENDING, E.EVENT_TIMEOUT)
@@ -388,9 +393,24 @@ class StatusChange:
         )
 
 
-def step_log(*, source: str, message: str, context: str) -> str:
-    """``INSERT`` of a ``step_completed`` row for each row of CTE ``source`` (id, created_at)."""
+def step_log(*, source: str, message: str, context: str, after: str | None = None) -> str:
+    """``INSERT`` of a ``step_completed`` row for each row of CTE ``source`` (id, created_at);
+    written after every row of CTE ``after`` (its rows get lower ids)."""
+    ordered = "" if after is None else f" WHERE (SELECT count(*) FROM {after}) >= 0"
     return f"""
         INSERT INTO agent_logs (execution_id, level, event_type, message, context)
         SELECT id, 'info', '{EventType.STEP_COMPLETED}', {message}, {context} FROM {source}
+        {ordered}
         RETURNING id, created_at"""
+
+
+def entries_log(*, source: str, entries: str) -> str:
+    """``INSERT`` of the log rows in JSON array ``entries`` (objects with ``level``,
+    ``event_type``, ``message``, ``context``) for each row of CTE ``source``, in order."""
+    return f"""
+        INSERT INTO agent_logs (execution_id, level, event_type, message, context)
+        SELECT s.id, t.entry ->> 'level', t.entry ->> 'event_type', t.entry ->> 'message',
+               t.entry -> 'context'
+        FROM {source} s, jsonb_array_elements({entries}) WITH ORDINALITY AS t(entry, n)
+        ORDER BY t.n
+        RETURNING id, level, event_type, message, context, created_at"""

@@ -35,6 +35,7 @@ from app.executions.transitions import (
     StatusLog,
     change_status,
     creation_log,
+    entries_log,
     step_log,
 )
 
@@ -61,7 +62,8 @@ _CLAIM = RawStatement.compile(
         "chunk_count = e.chunk_count + 1",
         before=[_PAUSE_REQUEST],
         after=[_CONSUME_PAUSE],
-        returning="e.agent_type, e.input, e.state_snapshot, e.chunk_count, e.depth",
+        returning="e.agent_type, e.input, e.state_snapshot, e.chunk_count, e.depth, "
+        "e.workspace_id, e.inherited",
         log=StatusLog(context="jsonb_build_object('worker', :worker_id::text)"),
         select=f"""
         SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context,
@@ -104,9 +106,11 @@ _COMMIT_STEP = RawStatement.compile(
         after=[
             """children AS (
                 INSERT INTO agent_executions
-                    (id, user_id, agent_type, queue, parent_id, depth, input, created_at)
+                    (id, user_id, agent_type, queue, parent_id, depth, input, workspace_id,
+                     inherited, created_at)
                 SELECT (c ->> 'id')::uuid, changed.user_id, c ->> 'agent_type', c ->> 'queue',
                        changed.id, changed.depth + 1, c -> 'input',
+                       (c ->> 'workspace_id')::uuid, c -> 'inherited',
                        -- distinct creation times keep the children in the order asked for
                        now() + n * interval '1 microsecond'
                 FROM changed, jsonb_array_elements(:children::jsonb) WITH ORDINALITY AS t(c, n)
@@ -125,15 +129,24 @@ _COMMIT_STEP = RawStatement.compile(
                 FROM changed,
                      jsonb_array_elements(:messages::jsonb) WITH ORDINALITY AS m(value, ordinality)
             )""",
+            f"entries_log AS ({entries_log(source='changed', entries=':entries::jsonb')})",
             "step_log AS ("
-            + step_log(source="changed", message=":log_message", context=":log_context::jsonb")
+            + step_log(
+                source="changed",
+                message=":log_message",
+                context=":log_context::jsonb",
+                after="entries_log",
+            )
             + ")",
         ],
-        # The step's row is written before the status row, so its id (the event id) is lower.
+        # The tool and warning rows, then the step's row, then the status row: event ids
+        # follow the order things happened in.
         log=StatusLog(only_if="EXISTS (SELECT 1 FROM step_log)"),
         select="""
         SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context,
-               step_log.id AS step_log_id, step_log.created_at AS step_created_at
+               step_log.id AS step_log_id, step_log.created_at AS step_created_at,
+               (SELECT coalesce(jsonb_agg(to_jsonb(x) ORDER BY x.id), '[]'::jsonb)
+                FROM entries_log x) AS entries
         FROM changed JOIN step_log ON true LEFT JOIN status_log ON true""",
     )
 )
@@ -183,6 +196,8 @@ class Claim:
     chunk_count: int
     status: Status
     depth: int
+    workspace_id: uuid.UUID | None  # whose workspace directory it works in (None: its own)
+    inherited: dict[str, Any] | None  # model settings from the execution that spawned it
     change: StatusChange | None  # set when the claim changed the status
 
 
@@ -194,6 +209,8 @@ class NewChild:
     agent_type: str
     queue: str
     prompt: str
+    workspace_id: uuid.UUID | None
+    inherited: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +228,7 @@ class StepCommit:
     first_seq: int
     messages: list[dict[str, Any]]
     log_context: dict[str, Any]
+    entries: list[dict[str, Any]] | None = None
     finish: Move | None = None
     output: dict[str, Any] | None = None
     metadata: dict[str, Any] | None = None
@@ -226,7 +244,8 @@ class StepCommit:
         if self.children is not None:
             children = [
                 {"id": str(c.id), "agent_type": c.agent_type, "queue": c.queue,
-                 "input": {"prompt": c.prompt}}
+                 "input": {"prompt": c.prompt}, "inherited": c.inherited,
+                 "workspace_id": None if c.workspace_id is None else str(c.workspace_id)}
                 for c in self.children
             ]  # fmt: skip
         return {
@@ -242,6 +261,7 @@ class StepCommit:
             "messages": json_serializer(self.messages),
             "log_message": f"Step {self.log_context['step_number']} completed",
             "log_context": json_serializer(self.log_context),
+            "entries": json_serializer(self.entries or []),
             "metadata": encoded(self.metadata),
             "children": encoded(children),
             "wait": encoded(self.wait),
@@ -250,11 +270,35 @@ class StepCommit:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredLog:
+    """A log row as a statement returned it."""
+
+    id: int
+    level: str
+    event_type: str
+    message: str
+    context: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> StoredLog:
+        return cls(
+            id=int(row["id"]),
+            level=row["level"],
+            event_type=row["event_type"],
+            message=row["message"],
+            context=row["context"],
+            created_at=datetime.fromisoformat(row["created_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class StepWritten:
     log_id: int
     created_at: datetime
     status: Status
     change: StatusChange | None  # set when the step ended or parked the execution
+    entries: list[StoredLog]  # the step's tool and warning rows
 
 
 async def claim_execution(
@@ -281,6 +325,8 @@ async def claim_execution(
         chunk_count=row["chunk_count"],
         status=Status(row["status"]),
         depth=row["depth"],
+        workspace_id=row["workspace_id"],
+        inherited=row["inherited"],
         change=None if row["log_id"] is None else StatusChange.from_row(row),
     )
 
@@ -293,7 +339,10 @@ async def commit_step(conn: AsyncConnection, step: StepCommit) -> StepWritten | 
     if row is None:
         return None
     change = None if row["log_id"] is None else StatusChange.from_row(row)
-    return StepWritten(row["step_log_id"], row["step_created_at"], Status(row["status"]), change)
+    entries = [StoredLog.from_json(entry) for entry in row["entries"]]
+    return StepWritten(
+        row["step_log_id"], row["step_created_at"], Status(row["status"]), change, entries
+    )
 
 
 async def fail_execution(

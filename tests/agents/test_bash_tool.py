@@ -16,7 +16,7 @@ from app.agents.bash_tool import (
     Bash,
     ProcessRegistry,
     command_environment,
-    kill_workspace_processes,
+    kill_processes,
 )
 from app.agents.drivers.scripted import ScriptedDriver
 from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
@@ -176,7 +176,7 @@ async def test_timeout_kills_the_whole_process_group(bash: Bash, root: Path) -> 
     pids = read_pids(root / "pids")
     assert len(pids) == 4
     assert await all_dead(pids)
-    assert bash.processes.running(bash.workspace.root) == []
+    assert bash.processes.running(bash.owner) == []
 
 
 async def test_default_timeout_comes_from_the_constructor(root: Path) -> None:
@@ -205,7 +205,7 @@ async def test_cancellation_kills_the_group_and_propagates(bash: Bash, root: Pat
         await task
 
     assert await all_dead(read_pids(root / "pids"))
-    assert bash.processes.running(bash.workspace.root) == []
+    assert bash.processes.running(bash.owner) == []
 
 
 async def test_an_agent_step_deadline_kills_the_command(bash: Bash, root: Path) -> None:
@@ -238,12 +238,12 @@ async def test_background_processes_outlive_the_call_until_killed(bash: Bash, ro
     pid = int(pid_line)
     assert status == "exit code: 0"
     assert not is_dead(pid)
-    assert bash.processes.running(bash.workspace.root) == [os.getpgid(pid)]
+    assert bash.processes.running(bash.owner) == [os.getpgid(pid)]
 
     assert await bash.kill_all() == 1
 
     assert await all_dead([pid])
-    assert bash.processes.running(bash.workspace.root) == []
+    assert bash.processes.running(bash.owner) == []
     assert await bash.kill_all() == 0
 
 
@@ -275,17 +275,22 @@ async def test_kill_all_stops_a_running_command(bash: Bash, root: Path) -> None:
     assert await task == "killed by signal SIGTERM"
 
 
-async def test_kill_workspace_processes_uses_the_shared_registry(root: Path) -> None:
-    # Two tools on one workspace (an agent and, later, its subagent) share the registry.
-    first, second = Bash(Workspace(root)), Bash(Workspace(root))
+async def test_kill_processes_kills_only_its_owners(root: Path) -> None:
+    # Two executions sharing a workspace (subagents with workspace = "parent"): ending one
+    # kills its own commands, not the other's.
+    first = Bash(Workspace(root), owner="first")
+    second = Bash(Workspace(root), owner="second")
     await first.invoke({"command": "sleep 300 > /dev/null 2>&1 & echo $! > a"})
     await second.invoke({"command": "sleep 300 > /dev/null 2>&1 & echo $! > b"})
-    pids = read_pids(root / "a", root / "b")
+    [mine], [theirs] = read_pids(root / "a"), read_pids(root / "b")
 
-    assert await kill_workspace_processes(root, grace=0.2) == 2
+    assert await kill_processes("first", grace=0.2) == 1
 
-    assert await all_dead(pids)
-    assert await kill_workspace_processes(root) == 0
+    assert await all_dead([mine])
+    assert not is_dead(theirs)
+    assert await kill_processes("second", grace=0.2) == 1
+    assert await all_dead([theirs])
+    assert await kill_processes("first") == 0
 
 
 @pytest.mark.parametrize(

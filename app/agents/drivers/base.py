@@ -11,11 +11,24 @@ from app.agents.tools import ToolSpec
 
 
 @dataclass(frozen=True)
+class Retry:
+    """A failed attempt of a model call that was tried again."""
+
+    attempt: int
+    attempts: int
+    failure: str
+    status_code: int | None
+    wait_seconds: float
+
+
+@dataclass(frozen=True)
 class ModelResponse:
-    """The model's next assistant message and the tokens the call used."""
+    """The model's next assistant message, the tokens the call used and the attempts that
+    failed before it."""
 
     message: Message
     usage: Usage
+    retries: tuple[Retry, ...] = ()
 
 
 class Driver(Protocol):

@@ -9,13 +9,14 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Generic, NotRequired, TypedDict, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from app.agents.drivers.base import ModelResponse
+from app.agents.drivers.base import ModelResponse, Retry
 from app.agents.errors import ProviderError
 from app.agents.state import Message
 from app.agents.tools import ToolSpec, describe_validation_error
@@ -116,6 +117,7 @@ class JsonApiDriver(ABC, Generic[ReplyT]):
         body = self._request_body(messages, tools)
         headers = self._headers()
         attempts = max(self.max_retries, 0) + 1
+        retries: list[Retry] = []
         for attempt in range(1, attempts + 1):
             status: int | None = None
             retry_after: float | None = None
@@ -131,7 +133,7 @@ class JsonApiDriver(ABC, Generic[ReplyT]):
                 raise self._error(f"malformed response: {str(exc) or type(exc).__name__}") from exc
             else:
                 if response.is_success:
-                    return self._parse(response, messages)
+                    return replace(self._parse(response, messages), retries=tuple(retries))
                 status = response.status_code
                 failure = f"HTTP {status}: {_provider_message(response)}"
                 if not self._is_retryable(response):
@@ -140,14 +142,16 @@ class JsonApiDriver(ABC, Generic[ReplyT]):
             if attempt == attempts:
                 break
             delay = self._backoff(attempt, retry_after)
+            failure = self._redact(failure)
             self._logger.warning(
                 "model %s, attempt %d of %d: %s; retrying in %.2fs",
                 self.model,
                 attempt,
                 attempts,
-                self._redact(failure),
+                failure,
                 delay,
             )
+            retries.append(Retry(attempt, attempts, _snippet(failure), status, round(delay, 3)))
             await asyncio.sleep(delay)
         raise self._error(f"{failure} (gave up after {attempts} attempts)", status_code=status)
 

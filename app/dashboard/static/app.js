@@ -1,10 +1,13 @@
 // Agent Runner dashboard: plain DOM, no framework, no build step.
-// Data: GET /api/me, GET /api/agents, GET /api/agents/{id}; live: WS /api/ws (user channel)
-// and the SSE stream GET /api/agents/{id}/events read with fetch (EventSource sends no headers).
+// Data: GET /api/me, GET /api/agent-types, GET /api/agents, GET /api/agents/{id} and its
+// /messages; actions: POST /api/agents (start), POST /api/agents/{id}/input (answer) and the
+// controls; live: WS /api/ws (user channel) and the SSE stream GET /api/agents/{id}/events read
+// with fetch (EventSource sends no headers).
 "use strict";
 
 const TOKEN_KEY = "agents.dashboard.token";
 const PER_PAGE = 50;
+const MESSAGES_PAGE = 200;
 const STATUSES = [
   "pending", "scheduled", "running", "paused", "awaiting_input", "awaiting_event",
   "completed", "failed", "cancelled",
@@ -31,6 +34,9 @@ const state = {
   wsTimer: null,
   stream: null,     // AbortController of the SSE fetch
   refetchTimer: null,
+  detailTimer: null,
+  types: null,      // GET /api/agent-types items, once signed in
+  conv: null,       // the conversation shown: { id, after (last seq), count, calls, … }
 };
 
 const $ = (id) => document.getElementById(id);
@@ -97,28 +103,31 @@ class ApiError extends Error {
   }
 }
 
-async function api(method, path, token = state.token) {
-  const response = await fetch(path, {
-    method,
-    headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
-  });
-  let body = null;
+async function api(method, path, { token = state.token, body } = {}) {
+  const headers = { Authorization: `Bearer ${token}`, Accept: "application/json" };
+  const init = { method, headers };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  let answer = null;
   try {
-    body = await response.json();
+    answer = await response.json();
   } catch (_) {
-    body = null;
+    answer = null;
   }
   if (!response.ok) {
     if (response.status === 401 && token === state.token) signOut("Your token was refused.");
-    throw new ApiError(response.status, body);
+    throw new ApiError(response.status, answer);
   }
-  return body;
+  return answer;
 }
 
 // ---- sign in / out ---------------------------------------------------------------------------
 
 async function signIn(token) {
-  const me = await api("GET", "/api/me", token);
+  const me = await api("GET", "/api/me", { token });
   state.token = token;
   state.me = me;
   localStorage.setItem(TOKEN_KEY, token);
@@ -128,6 +137,7 @@ async function signIn(token) {
   $("session").hidden = false;
   $("app-view").hidden = false;
   connectSocket();
+  loadAgentTypes().catch((err) => setFormError("start-error", err.message));
   await loadList();
   route();
 }
@@ -137,7 +147,10 @@ function signOut(message) {
   state.token = null;
   state.me = null;
   state.items = [];
+  state.types = null;
   closeDetail(false);
+  toggleStartForm(false);
+  $("start-prompt").value = "";
   if (state.ws) {
     state.ws.onclose = null;
     state.ws.close(1000);
@@ -207,7 +220,7 @@ function renderList() {
   $("rows").replaceChildren(...rows);
   $("empty").hidden = rows.length > 0;
   $("empty").textContent = state.filter ? `No ${state.filter.replace("_", " ")} executions.`
-    : "No executions yet. Start one with POST /api/agents.";
+    : "No executions yet. Start one with + New execution.";
   const pages = Math.max(1, Math.ceil(state.total / PER_PAGE));
   $("total").textContent = `${fmtNumber(state.total)} execution${state.total === 1 ? "" : "s"}`;
   $("page").textContent = `${state.page} / ${pages}`;
@@ -260,6 +273,13 @@ function applyUpdate(data, event) {
     }
     renderDetailHeader();
   }
+  if (id === state.selected) {
+    scheduleConversation();
+    // Output, error, the question of an execution awaiting input, new children.
+    if (event === "status.changed") scheduleDetailReload();
+  } else if (event === "status.changed") {
+    updateChild(id, data);
+  }
 }
 
 function updateRow(item) {
@@ -269,6 +289,122 @@ function updateRow(item) {
   row.querySelector(".steps").textContent = fmtNumber(item.step_count);
   row.querySelector(".tokens").textContent = fmtNumber(item.token_usage);
   flash(row);
+}
+
+// ---- starting an execution ------------------------------------------------------------------
+
+async function loadAgentTypes() {
+  const body = await api("GET", "/api/agent-types");
+  state.types = body.items;
+  renderTypePicker();
+}
+
+function typeOption(t) {
+  return h("option", {
+    value: t.name, disabled: !t.available, title: t.unavailable || t.description,
+  }, t.available ? t.name : `${t.name} — ${t.unavailable}`);
+}
+
+function renderTypePicker() {
+  const picker = $("start-type");
+  const previous = picker.value;
+  const usable = state.types.filter((t) => t.available);
+  const blocked = state.types.filter((t) => !t.available);
+  picker.replaceChildren(...usable.map(typeOption), blocked.length
+    ? h("optgroup", { label: "Cannot run here" }, blocked.map(typeOption)) : null);
+  const chosen = usable.find((t) => t.name === previous) || usable.find((t) => t.name === "demo")
+    || usable[0];
+  picker.value = chosen ? chosen.name : "";
+  $("start").disabled = !chosen;
+  renderTypeInfo();
+}
+
+function chips(names, extra = "") {
+  if (!names || !names.length) return null;
+  return h("span", { class: "chips" },
+    names.map((name) => h("span", { class: `tag ${extra}`.trim() }, name)));
+}
+
+function fmtDuration(seconds) {
+  if (seconds < 120) return `${fmtNumber(seconds)} s`;
+  if (seconds < 7200) return `${fmtNumber(Math.round(seconds / 60))} min`;
+  return `${fmtNumber(Math.round(seconds / 360) / 10)} h`;
+}
+
+function renderTypeInfo() {
+  const box = $("type-info");
+  const t = (state.types || []).find((x) => x.name === $("start-type").value);
+  if (!t) {
+    box.replaceChildren(h("p", { class: "muted" },
+      state.types ? "No agent type can run here." : "Loading agent types…"));
+    return;
+  }
+  box.replaceChildren(
+    h("div", { class: "type-name" }, t.name,
+      h("span", { class: "muted small mono" }, `${t.provider} · ${t.model}`)),
+    h("p", { class: "type-desc" }, t.description || "No description."),
+    h("dl", { class: "fields fields-tight" }, [
+      field("Capabilities", chips(t.capabilities)),
+      field("Tools", chips(t.tools, "mono")),
+      t.subagents.length ? field("Subagents", chips(t.subagents)) : [],
+      field("Queue", t.queue, { mono: true }),
+      field("Limits", `${fmtNumber(t.max_steps)} steps · ${fmtNumber(t.max_tokens)} tokens · `
+        + fmtDuration(t.timeout_seconds)),
+    ].flat()));
+}
+
+function setFormError(id, message) {
+  $(id).hidden = !message;
+  $(id).textContent = message || "";
+}
+
+function toggleStartForm(open) {
+  const form = $("start-form");
+  const show = open === undefined ? form.hidden : open;
+  form.hidden = !show;
+  $("new-execution").setAttribute("aria-expanded", String(show));
+  if (!show) return;
+  if (!state.types) {
+    loadAgentTypes().then(() => setFormError("start-error", null))
+      .catch((err) => setFormError("start-error", err.message));
+  }
+  $("start-prompt").focus();
+}
+
+async function startExecution(submit) {
+  submit.preventDefault();
+  const agentType = $("start-type").value;
+  const prompt = $("start-prompt").value;
+  if (!agentType || !prompt.trim()) return;
+  setFormError("start-error", null);
+  $("start").disabled = true;
+  try {
+    const created = await api("POST", "/api/agents", {
+      body: { agent_type: agentType, input: { prompt } },
+    });
+    $("start-prompt").value = "";
+    showStarted(created);
+  } catch (err) {
+    setFormError("start-error", err.message);
+  } finally {
+    $("start").disabled = !$("start-type").value;
+  }
+}
+
+// Put the new execution at the top of the list (unless a filter or a page hides it) and open it.
+function showStarted(execution) {
+  if (state.page !== 1 || (state.filter && state.filter !== execution.status)) {
+    state.page = 1;
+    state.filter = "";
+    renderFilters();
+    scheduleRefetch();
+  } else if (!state.items.some((e) => e.id === execution.id)) {
+    state.items.unshift(execution);
+    if (state.items.length > PER_PAGE) state.items.pop();
+    state.total += 1;
+    renderList();
+  }
+  select(execution.id);
 }
 
 // ---- WebSocket: user.<id>.agents -------------------------------------------------------------
@@ -341,6 +477,8 @@ function closeDetail(updateHash = true) {
   state.stream = null;
   state.selected = null;
   state.detail = null;
+  state.conv = null;
+  clearTimeout(state.detailTimer);
   $("detail").hidden = true;
   document.body.classList.remove("with-detail");
   for (const row of $("rows").querySelectorAll("tr.selected")) row.classList.remove("selected");
@@ -351,6 +489,7 @@ async function openDetail(id) {
   if (state.stream) state.stream.abort();
   state.selected = id;
   state.detail = null;
+  clearTimeout(state.detailTimer);
   for (const row of $("rows").querySelectorAll("tr")) {
     row.classList.toggle("selected", row.dataset.id === id);
   }
@@ -361,14 +500,21 @@ async function openDetail(id) {
   $("d-id").textContent = id;
   $("d-type").textContent = "";
   $("d-status").replaceChildren();
+  $("d-parent").hidden = true;
   $("d-fields").replaceChildren();
   $("d-result").replaceChildren();
+  $("d-children-box").hidden = true;
+  $("answer-form").hidden = true;
+  $("answer").value = "";
+  setFormError("answer-error", null);
+  resetConversation(id);
   try {
     await loadDetail(id);
   } catch (err) {
     showNotice(err.message, "error");
     return;
   }
+  loadConversation().catch(showError);
   streamLogs(id);
 }
 
@@ -377,6 +523,14 @@ async function loadDetail(id) {
   if (state.selected !== id) return;
   state.detail = body;
   renderDetail();
+}
+
+function scheduleDetailReload() {
+  const id = state.selected;
+  clearTimeout(state.detailTimer);
+  state.detailTimer = setTimeout(() => {
+    if (state.selected === id) loadDetail(id).catch(showError);
+  }, 150);
 }
 
 function renderDetailHeader() {
@@ -391,11 +545,54 @@ function renderDetailHeader() {
   if (steps) steps.textContent = fmtNumber(d.step_count);
   const tokens = $("d-fields").querySelector("[data-field=tokens]");
   if (tokens) tokens.textContent = fmtNumber(d.token_usage);
+  $("answer-form").hidden = d.status !== "awaiting_input";
 }
 
 function field(label, value, opts = {}) {
   return [h("dt", {}, label), h("dd", { class: opts.mono ? "mono" : "", dataset: opts.data },
     value === null || value === undefined || value === "" ? "—" : value)];
+}
+
+function renderParent(d) {
+  $("d-parent").hidden = !d.parent_id;
+  if (!d.parent_id) return;
+  const parent = state.items.find((e) => e.id === d.parent_id);
+  const link = $("d-parent-link");
+  link.href = `#/agents/${d.parent_id}`;
+  link.title = d.parent_id;
+  link.textContent = parent ? `${parent.agent_type} ${shortId(d.parent_id)}` : shortId(d.parent_id);
+}
+
+function renderQuestion(d) {
+  const question = d.metadata && typeof d.metadata.question === "string" ? d.metadata.question
+    : null;
+  $("d-question").textContent = question || "(the question was not recorded)";
+}
+
+function renderChildren(d) {
+  $("d-children-box").hidden = !d.children.length;
+  $("d-children").replaceChildren(...d.children.map((c) => h("tr", {
+    class: "row",
+    dataset: { id: c.id },
+    onclick: (click) => {
+      if (!click.target.closest("a")) select(c.id);
+    },
+  },
+  h("td", {}, h("a", { href: `#/agents/${c.id}`, class: "mono child-link", title: c.id },
+    shortId(c.id))),
+  h("td", {}, c.agent_type),
+  h("td", { class: "status" }, badge(c.status)),
+  h("td", { class: "num steps" }, fmtNumber(c.step_count)))));
+}
+
+// A status change of one of the open execution's children: follow it in the children table.
+function updateChild(id, data) {
+  const d = state.detail;
+  const child = d && d.children.find((c) => c.id === id);
+  if (!child) return;
+  child.status = data.status;
+  if (typeof data.step_count === "number") child.step_count = data.step_count;
+  renderChildren(d);
 }
 
 function renderDetail() {
@@ -409,8 +606,6 @@ function renderDetail() {
     field("Created", fmtTime(d.created_at)),
     field("Started", fmtTime(d.started_at)),
     field("Finished", fmtTime(d.completed_at)),
-    d.parent_id ? field("Parent", h("a", { href: `#/agents/${d.parent_id}`, class: "mono" },
-      shortId(d.parent_id))) : [],
     d.depth ? field("Depth", d.depth) : [],
   ].flat());
   const result = [];
@@ -424,15 +619,10 @@ function renderDetail() {
     result.push(h("h3", {}, "Error"), h("pre", { class: "block block-error" },
       `${d.error.type || "error"}: ${d.error.message || JSON.stringify(d.error)}`));
   }
-  if (d.metadata && d.metadata.question) {
-    result.push(h("h3", {}, "Question"), h("pre", { class: "block" }, d.metadata.question));
-  }
   $("d-result").replaceChildren(...result);
-  $("d-children-box").hidden = !d.children.length;
-  $("d-children").replaceChildren(...d.children.map((c) => h("tr", {
-    class: "row", onclick: () => select(c.id),
-  }, h("td", { class: "mono", title: c.id }, shortId(c.id)), h("td", {}, c.agent_type),
-  h("td", {}, badge(c.status)), h("td", { class: "num" }, fmtNumber(c.step_count)))));
+  renderParent(d);
+  renderQuestion(d);
+  renderChildren(d);
   renderDetailHeader();
 }
 
@@ -463,6 +653,159 @@ async function control(action) {
   } catch (err) {
     showNotice(err.status === 409 ? `Refused: ${err.message}` : err.message, "error");
   }
+}
+
+async function sendAnswer(submit) {
+  submit.preventDefault();
+  const id = state.selected;
+  const answer = $("answer").value;
+  if (!id || !answer.trim()) return;
+  setFormError("answer-error", null);
+  $("send-answer").disabled = true;
+  try {
+    const body = await api("POST", `/api/agents/${id}/input`, { body: { input: { answer } } });
+    if (state.selected !== id) return;
+    $("answer").value = "";
+    showNotice(`Answer ${body.accepted ? "sent" : "not taken"}, now ${body.status}`);
+    if (state.detail) {
+      state.detail.status = body.status;
+      renderDetailHeader();
+    }
+  } catch (err) {
+    if (state.selected === id) {
+      setFormError("answer-error", err.status === 409 ? `Refused: ${err.message}` : err.message);
+    }
+  } finally {
+    $("send-answer").disabled = false;
+  }
+}
+
+// ---- the conversation: GET /api/agents/{id}/messages, after the last seq shown ---------------
+
+function resetConversation(id) {
+  if (state.conv) clearTimeout(state.conv.timer);
+  state.conv = {
+    id, after: null, count: 0, calls: new Map(), busy: false, again: false, timer: null,
+  };
+  $("conversation").replaceChildren();
+  $("conv-state").textContent = "";
+}
+
+function scheduleConversation() {
+  const conv = state.conv;
+  if (!conv) return;
+  clearTimeout(conv.timer);
+  conv.timer = setTimeout(() => loadConversation().catch(showError), 100);
+}
+
+async function loadConversation() {
+  const conv = state.conv;
+  if (!conv || conv.id !== state.selected) return;
+  if (conv.busy) {
+    conv.again = true; // one more page once the current fetch is in
+    return;
+  }
+  conv.busy = true;
+  $("conversation").toggleAttribute("data-loading", conv.after === null);
+  try {
+    for (;;) {
+      conv.again = false;
+      const query = new URLSearchParams({ limit: String(MESSAGES_PAGE) });
+      if (conv.after !== null) query.set("after_seq", String(conv.after));
+      const page = await api("GET", `/api/agents/${conv.id}/messages?${query}`);
+      if (state.conv !== conv) return;
+      appendMessages(conv, page);
+      if (page.length < MESSAGES_PAGE && !conv.again) break;
+    }
+  } finally {
+    conv.busy = false;
+    if (state.conv === conv) $("conversation").removeAttribute("data-loading");
+  }
+}
+
+function appendMessages(conv, messages) {
+  const list = $("conversation");
+  const stick = list.scrollTop + list.clientHeight >= list.scrollHeight - 8;
+  for (const message of messages) {
+    if (conv.after !== null && message.seq <= conv.after) continue;
+    conv.after = message.seq;
+    conv.count += 1;
+    const item = renderMessage(conv, message);
+    if (item) list.append(item);
+  }
+  const count = conv.count;
+  $("conv-state").textContent = count ? `· ${count} message${count === 1 ? "" : "s"}` : "";
+  if (stick) list.scrollTop = list.scrollHeight;
+}
+
+function msgHead(role, message) {
+  return h("div", { class: "msg-head" }, h("span", { class: "msg-role" }, role),
+    h("span", { class: "muted small" }, message.created_at ? clock(new Date(message.created_at))
+      : ""));
+}
+
+function renderMessage(conv, m) {
+  const attrs = (kind) => ({ class: `msg msg-${kind}`, dataset: { seq: m.seq, role: m.role } });
+  if (m.role === "system") {
+    return h("li", attrs("system"), h("details", { class: "fold" },
+      h("summary", {}, "system prompt"), h("pre", { class: "fold-body" }, m.content || "")));
+  }
+  if (m.role === "tool") {
+    const call = conv.calls.get(m.tool_call_id);
+    if (call) {
+      addToolResult(call, m);
+      return null;
+    }
+    const fold = toolFold(m.name || "tool", "");
+    addToolResult(fold, m);
+    return h("li", attrs("tool"), fold);
+  }
+  const kind = m.role === "user" ? "user" : "assistant";
+  const item = h("li", attrs(kind), msgHead(m.role, m),
+    m.content ? h("div", { class: "msg-text" }, m.content) : null);
+  for (const call of m.tool_calls || []) {
+    const fold = toolCallFold(call);
+    conv.calls.set(call.id, fold);
+    item.append(fold);
+  }
+  return item;
+}
+
+function preview(value) {
+  const text = typeof value === "string" ? value : JSON.stringify(value);
+  const line = (text || "").replace(/\s+/g, " ").trim();
+  return line.length > 70 ? `${line.slice(0, 69)}…` : line;
+}
+
+function toolFold(name, hint) {
+  return h("details", { class: "fold tool", dataset: { tool: name } },
+    h("summary", {}, h("span", { class: "tool-name mono" }, name),
+      h("span", { class: "tool-hint mono" }, hint),
+      h("span", { class: "tool-state" }, "no result yet")));
+}
+
+function toolCallFold(call) {
+  const args = call.invalid_arguments !== null && call.invalid_arguments !== undefined
+    ? call.invalid_arguments : call.arguments;
+  const fold = toolFold(call.name, preview(args));
+  fold.classList.add("tool-call");
+  fold.dataset.callId = call.id;
+  if (typeof args === "string") {
+    fold.append(h("div", { class: "fold-label" }, "Arguments (not valid JSON)"),
+      h("pre", { class: "fold-body tool-args block-error" }, args));
+  } else {
+    fold.append(h("div", { class: "fold-label" }, "Arguments"),
+      h("pre", { class: "fold-body tool-args" }, JSON.stringify(args || {}, null, 2)));
+  }
+  return fold;
+}
+
+function addToolResult(fold, m) {
+  const mark = fold.querySelector(".tool-state");
+  mark.textContent = "result";
+  mark.classList.add("tool-done");
+  fold.append(h("div", { class: "fold-label" }, "Result"),
+    h("pre", { class: "fold-body tool-result", dataset: { seq: m.seq } }, m.content || ""));
 }
 
 // ---- the log: SSE over fetch -----------------------------------------------------------------
@@ -552,11 +895,13 @@ async function streamLogs(id) {
           }
           if (state.selected !== id) return;
           logLine(frame.event, frame.id, data);
+          // status.changed also reloads the detail (output, error, question, children).
           if (frame.event === "status.changed") applyUpdate(data, frame.event);
-          if (frame.event === "finished") finished = true;
-          if (frame.event === "finished" || (frame.event === "status.changed"
-            && TERMINAL.has(data.status))) {
-            loadDetail(id).catch(showError); // output, error and finish time
+          if (frame.event === "step.completed") scheduleConversation();
+          if (frame.event === "finished") {
+            finished = true;
+            scheduleDetailReload();
+            scheduleConversation();
           }
         }
       }
@@ -607,11 +952,23 @@ function init() {
     loadList().catch(showError);
   });
   $("close-detail").addEventListener("click", () => closeDetail());
+  $("new-execution").addEventListener("click", () => toggleStartForm());
+  $("start-close").addEventListener("click", () => toggleStartForm(false));
+  $("start-type").addEventListener("change", renderTypeInfo);
+  $("start-form").addEventListener("submit", startExecution);
+  $("answer-form").addEventListener("submit", sendAnswer);
+  for (const [area, form] of [["start-prompt", "start-form"], ["answer", "answer-form"]]) {
+    $(area).addEventListener("keydown", (key) => {
+      if (key.key === "Enter" && (key.ctrlKey || key.metaKey)) $(form).requestSubmit();
+    });
+  }
   for (const button of document.querySelectorAll(".controls button")) {
     button.addEventListener("click", () => control(button.dataset.action));
   }
   document.addEventListener("keydown", (key) => {
-    if (key.key === "Escape" && state.selected) closeDetail();
+    if (key.key !== "Escape" || !state.selected) return;
+    if (key.target.closest && key.target.closest("input, textarea, select")) return;
+    closeDetail();
   });
   window.addEventListener("hashchange", route);
   setInterval(() => {
