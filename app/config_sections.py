@@ -132,10 +132,18 @@ class Limits(_Section):
 
 
 class WorkerTuning(_Section):
-    """How workers poll, heartbeat and recover; defaults favour low start latency."""
+    """How workers poll, heartbeat and recover; defaults favour low start latency.
+
+    ``max_jobs`` executions per queue may be in flight in one process (they wait on the model
+    concurrently); the process holds at most ``db_pool_size`` PostgreSQL connections, each only
+    while it writes, and steps wait up to ``db_pool_timeout`` seconds for one;
+    ``http_max_connections`` bounds its connections to model providers."""
 
     poll_delay: PositiveFloat = 0.01
-    max_jobs: PositiveInt = 10
+    max_jobs: PositiveInt = 100
+    db_pool_size: PositiveInt = 20
+    db_pool_timeout: PositiveFloat = 30
+    http_max_connections: PositiveInt = 1000
     heartbeat_interval: PositiveFloat = 10
     stale_after: PositiveFloat = 60
     max_recoveries: int = Field(default=3, ge=0)

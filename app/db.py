@@ -69,16 +69,26 @@ def json_serializer(value: object) -> str:
     return encoded
 
 
-def create_engine(url: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int | None = None,
+    pool_timeout: float = 30.0,
+    pre_ping: bool = True,
+) -> AsyncEngine:
     """``pre_ping`` checks a pooled connection before handing it out (one round trip), so a
     database restart costs no request an error; the worker's per-step engine goes without and
-    handles a dead connection as a transient error instead."""
+    handles a dead connection as a transient error instead. Beyond ``pool_size`` +
+    ``max_overflow`` (default: as many again) connections, callers wait up to
+    ``pool_timeout`` seconds for one."""
     return create_async_engine(
         async_url(url),
         # The tier check relies on it: a statement sees rows committed before it started.
         isolation_level="READ COMMITTED",
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=pool_size if max_overflow is None else max_overflow,
+        pool_timeout=pool_timeout,
         pool_pre_ping=pre_ping,
         json_serializer=json_serializer,
     )
@@ -93,6 +103,7 @@ _TRANSIENT = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     sqlalchemy.exc.OperationalError,  # e.g. the database refused or dropped the connection
+    sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time: overloaded
     RedisConnectionError,
     RedisTimeoutError,
 )
@@ -195,6 +206,16 @@ class RawStatement:
         except Exception as exc:
             await _forget_if_dead(conn, exc)
             raise
+
+    async def fetch(self, conn: AsyncConnection, values: Mapping[str, Any]) -> list[Any]:
+        """All rows (asyncpg ``Record``s)."""
+        driver = await _driver(conn)
+        try:
+            rows: list[Any] = await driver.fetch(self.sql, *self._args(values))
+        except Exception as exc:
+            await _forget_if_dead(conn, exc)
+            raise
+        return rows
 
     async def execute(self, conn: AsyncConnection, values: Mapping[str, Any]) -> str:
         """Run it; returns the command tag (``UPDATE 1``)."""

@@ -186,7 +186,7 @@ async def test_force_kill_fences_off_a_worker_that_ignores_the_control_channel(
     hung_settings = make_settings(agent_types={"slow": scripted_type(3, delay=0.5)})
     created = await start(client, alice, "steps-3")
     # The hung worker runs "slow" steps and never listens to its control channel.
-    ctx = await open_context(hung_settings, concurrency=1)
+    ctx = await open_context(hung_settings)
     async with api_client(hung_settings) as http:
         created = await start(http, alice, "slow")
         from app.redis import arq_pool

@@ -125,8 +125,10 @@ async def test_stale_lease_write_is_rejected(db, alice, sessions, client):
             ),
         )
         assert written is None
-        assert not await worker_repository.record_heartbeat(conn, execution_id, first.lease)
-        assert await worker_repository.record_heartbeat(conn, execution_id, second.lease)
+        stale = await worker_repository.record_heartbeats(conn, {execution_id: first.lease})
+        current = await worker_repository.record_heartbeats(conn, {execution_id: second.lease})
+        assert stale == set()
+        assert current == {execution_id}
     execution = await load(sessions, created["id"])
     assert execution.status == "running"
     assert execution.step_count == 0
@@ -399,7 +401,7 @@ async def test_pause_between_chunks_parks_at_the_next_claim_without_running_a_st
     # A worker runs the first chunk by hand: it commits `chunk` steps, enqueues the next chunk
     # under its lease and returns, leaving the execution running with no step in flight.
     await redis.delete(job_key_prefix + job_id(execution_id, 0), "agents-default")
-    ctx = await open_context(settings, concurrency=1)
+    ctx = await open_context(settings)
     ctx["redis"] = redis
     try:
         assert await run_execution(ctx, execution_id, 0) == "ok"  # type: ignore[arg-type]

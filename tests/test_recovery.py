@@ -39,7 +39,7 @@ async def test_redis_failure_at_a_chunk_boundary_delays_but_does_not_fail(
 ):
     created = await start(client, alice, "steps-25")
     execution_id = uuid.UUID(created["id"])
-    ctx = await open_context(settings, concurrency=1)
+    ctx = await open_context(settings)
     # A real client for a Redis nobody listens on: publishing and enqueueing both fail.
     ctx["redis"] = ArqRedis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     try:
@@ -137,8 +137,10 @@ async def test_heartbeat_after_the_final_step_is_not_a_lost_lease(
     execution = await load(sessions, created["id"])
     assert execution.status == "completed"
     async with db.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
-        assert await worker_repository.record_heartbeat(conn, execution.id, execution.lease)
-        assert not await worker_repository.record_heartbeat(conn, execution.id, execution.lease - 1)
+        ours = await worker_repository.record_heartbeats(conn, {execution.id: execution.lease})
+        stale = await worker_repository.record_heartbeats(conn, {execution.id: execution.lease - 1})
+        assert ours == {execution.id}
+        assert stale == set()
     assert (await load(sessions, created["id"])).heartbeat_at == execution.heartbeat_at
 
 

@@ -220,7 +220,7 @@ async def test_a_parent_whose_wake_was_lost_is_woken_by_the_sweep(
     )
     async with api_client(settings) as http:
         created = await start(http, alice, "lead")
-        ctx = await open_context(settings, concurrency=1)
+        ctx = await open_context(settings)
         ctx["redis"] = redis
         try:
             assert await run_execution(ctx, created["id"], 0) == "ok"  # type: ignore[arg-type]

@@ -38,7 +38,7 @@ class WorkerGroup:
 
     async def run(self, *, handle_signals: bool = True) -> None:
         assert self.settings.redis_url, "redis_url must be resolved before workers start"
-        ctx = await open_context(self.settings, self.settings.worker.max_jobs * len(self.queues))
+        ctx = await open_context(self.settings)
         await self._sync_schedules(ctx["db"])
         redis_settings = RedisSettings.from_dsn(self.settings.redis_url)
         tuning = self.settings.worker

@@ -9,13 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import httpx
-
 from app.agents.agent import Agent
 from app.agents.ask_user import AskUser
 from app.agents.bash_tool import UNCONFINED, Bash
 from app.agents.drivers.anthropic import AnthropicDriver
 from app.agents.drivers.base import Driver
+from app.agents.drivers.clients import ModelClient
 from app.agents.drivers.openai import OpenAIChatDriver
 from app.agents.drivers.scripted import ScriptedDriver
 from app.agents.errors import MissingApiKey
@@ -49,7 +48,7 @@ def build_agent(
     spec: AgentTypeSpec,
     *,
     workspace: Path,
-    http: httpx.AsyncClient,
+    http: ModelClient,
     environ: Mapping[str, str],
     depth: int = 0,
     subagents: Mapping[str, AgentTypeSpec] | None = None,

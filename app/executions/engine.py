@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, TypedDict
 
@@ -23,15 +21,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.agents.agent import Agent, StepRecord
 from app.agents.bash_tool import kill_processes
+from app.agents.drivers.clients import ShardedClient
 from app.agents.errors import AgentError
 from app.agents.registry import build_agent
 from app.agents.sandbox import Sandbox
 from app.agents.state import AgentState, EventOutcome, SubagentResult
-from app.config import Settings, WorkerTuning
+from app.config import Settings
 from app.db import is_transient
 from app.executions import events, subagent_repository, worker_repository
 from app.executions.children import new_children
 from app.executions.effects import Effects
+from app.executions.heartbeat import Heartbeat
 from app.executions.interrupts import RunningChunks
 from app.executions.jobs import enqueue_chunk
 from app.executions.transitions import ASK, COMPLETE, DELEGATE, WAIT, Signal, Status
@@ -68,9 +68,11 @@ class WorkerContext(TypedDict):
     db: AsyncEngine
     redis: ArqRedis
     http: httpx.AsyncClient
+    models: ShardedClient
     worker_id: str
     running: RunningChunks
     sandbox: Sandbox
+    heartbeat: Heartbeat
 
 
 class LeaseLost(Exception):
@@ -113,7 +115,7 @@ class ChunkRunner:
         agent = build_agent(
             spec,
             workspace=self.workspace,
-            http=self.ctx["http"],
+            http=self.ctx["models"],
             environ=self.settings.provider_keys(),
             depth=self.claim.depth,
             subagents=self.settings.subagents,
@@ -290,44 +292,6 @@ class ChunkRunner:
         return Effects(self.redis, self.db, self.settings)
 
 
-async def _keep_alive(
-    db: AsyncEngine,
-    execution_id: uuid.UUID,
-    lease: int,
-    tuning: WorkerTuning,
-    on_lost: Callable[[], Any],
-) -> None:
-    """Refresh the heartbeat while a step runs; stop the chunk when the lease is gone, or when
-    no heartbeat has got through for so long that the sweep may soon hand the execution to
-    another worker: it fences itself off a heartbeat interval before that, so two workers
-    never run one execution's tools at once."""
-    interval = tuning.heartbeat_interval
-    # A failed attempt can take an interval (its timeout), so fencing starts two intervals
-    # before the sweep's limit (never sooner than one interval: a heartbeat is always tried).
-    fence_after = max(tuning.stale_after - 2 * interval, interval)
-    last_ok = time.monotonic()
-    while True:
-        await asyncio.sleep(min(interval, max(0.0, last_ok + fence_after - time.monotonic())))
-        attempt = time.monotonic()
-        try:
-            async with asyncio.timeout(interval), db.connect() as conn:
-                alive = await worker_repository.record_heartbeat(conn, execution_id, lease)
-        except Exception:
-            log.warning("heartbeat for %s failed", execution_id, exc_info=True)
-            if time.monotonic() - last_ok >= fence_after:
-                log.error(
-                    "execution %s: no heartbeat for %.1f s; stopping it before the sweep hands "
-                    "it on", execution_id, time.monotonic() - last_ok,
-                )  # fmt: skip
-                on_lost()
-                return
-            continue
-        if not alive:
-            on_lost()
-            return
-        last_ok = attempt
-
-
 async def _after_error(
     ctx: WorkerContext, runner: ChunkRunner, exc: Exception, retries: int
 ) -> str:
@@ -378,9 +342,7 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retri
     task = asyncio.ensure_future(runner.run())
     running = ctx["running"]
     running.add(claim.id, stop)
-    keep_alive = asyncio.create_task(
-        _keep_alive(ctx["db"], claim.id, claim.lease, settings.worker, stop)
-    )
+    ctx["heartbeat"].hold(claim.id, claim.lease, stop)
     try:
         await task
     except LeaseLost:
@@ -398,7 +360,7 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retri
         return await _after_error(ctx, runner, exc, retries)
     finally:
         running.discard(claim.id)
-        keep_alive.cancel()
+        ctx["heartbeat"].release(claim.id)
         # No process a bash call started outlives the job: the next chunk may run elsewhere,
         # and a cancelled or finished execution must leave nothing running.
         with contextlib.suppress(Exception):

@@ -9,6 +9,7 @@ parameters are passed as JSON text and come back decoded (the dialect's jsonb co
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -164,9 +165,11 @@ _FAIL = RawStatement.compile(
 # step committed (status completed) the heartbeat must not read as a lost lease.
 _HEARTBEAT = RawStatement.compile(
     """
-    UPDATE agent_executions
-    SET heartbeat_at = CASE WHEN status = 'running' THEN now() ELSE heartbeat_at END
-    WHERE id = :id AND lease = :lease
+    UPDATE agent_executions e
+    SET heartbeat_at = CASE WHEN e.status = 'running' THEN now() ELSE e.heartbeat_at END
+    FROM unnest(:ids::uuid[], :leases::int[]) AS held(id, lease)
+    WHERE e.id = held.id AND e.lease = held.lease
+    RETURNING e.id
     """
 )
 
@@ -361,6 +364,9 @@ async def fail_execution(
     return None if row is None else StatusChange.from_row(row)
 
 
-async def record_heartbeat(conn: AsyncConnection, execution_id: uuid.UUID, lease: int) -> bool:
-    """Refresh the heartbeat; False when the lease is no longer ours."""
-    return await _HEARTBEAT.execute(conn, {"id": execution_id, "lease": lease}) != "UPDATE 0"
+async def record_heartbeats(conn: AsyncConnection, held: Mapping[uuid.UUID, int]) -> set[uuid.UUID]:
+    """Refresh the heartbeat of every execution in ``held`` (id → lease) in one statement; the
+    ids whose lease is still ours."""
+    ids = list(held)
+    rows = await _HEARTBEAT.fetch(conn, {"ids": ids, "leases": [held[i] for i in ids]})
+    return {row["id"] for row in rows}

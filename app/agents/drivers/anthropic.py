@@ -7,10 +7,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal, Self, Unpack
 
-import httpx
 from pydantic import BaseModel, model_validator
 
 from app.agents.drivers.base import ModelResponse
+from app.agents.drivers.clients import ModelClient
 from app.agents.drivers.http import DriverOptions, JsonApiDriver
 from app.agents.state import Message, ToolCall, Usage
 from app.agents.tools import ToolSpec
@@ -51,7 +51,7 @@ class AnthropicDriver(JsonApiDriver["_Reply"]):
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: ModelClient,
         *,
         max_output_tokens: int = 4096,
         **options: Unpack[DriverOptions],

@@ -17,6 +17,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from app.agents.drivers.base import ModelResponse, Retry
+from app.agents.drivers.clients import ModelClient
 from app.agents.errors import ProviderError
 from app.agents.state import Message
 from app.agents.tools import ToolSpec, describe_validation_error
@@ -64,7 +65,7 @@ class JsonApiDriver(ABC, Generic[ReplyT]):
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: ModelClient,
         *,
         base_url: str,
         api_key: str | None,
