@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 
 from sqlalchemy import text
@@ -30,7 +31,7 @@ async def test_one_beat_refreshes_every_held_execution_and_stops_the_ones_taken_
     for execution_id in ids:
         # The last one is held under a lease it no longer has (killed, or handed on).
         lease = 0 if execution_id == ids[-1] else 1
-        heartbeat.hold(execution_id, lease, lambda e=execution_id: stopped.append(e))
+        heartbeat.hold(execution_id, lease, functools.partial(stopped.append, execution_id))
 
     await heartbeat.beat()
 
@@ -38,6 +39,7 @@ async def test_one_beat_refreshes_every_held_execution_and_stops_the_ones_taken_
     assert heartbeat.held == 2
     for execution_id in ids:
         execution = await load(sessions, str(execution_id))
+        assert execution.heartbeat_at is not None
         refreshed = execution.heartbeat_at.timestamp() > execution.created_at.timestamp()
         assert refreshed is (execution_id != ids[-1])
 

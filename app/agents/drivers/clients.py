@@ -22,7 +22,14 @@ SHARD_CONNECTIONS = 32
 class ModelClient(Protocol):
     """What the drivers need of an HTTP client (``httpx.AsyncClient`` is one)."""
 
-    async def post(self, url: str, **kwargs: Any) -> httpx.Response: ...
+    async def post(
+        self,
+        url: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response: ...
 
 
 class ShardedClient:
@@ -40,8 +47,15 @@ class ShardedClient:
         ]
         self._turn = itertools.cycle(self.clients)
 
-    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
-        return await next(self._turn).post(url, **kwargs)
+    async def post(
+        self,
+        url: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        return await next(self._turn).post(url, json=json, headers=headers, timeout=timeout)
 
     async def aclose(self) -> None:
         for client in self.clients:
