@@ -55,6 +55,7 @@ async def open_context(settings: Settings) -> dict[str, Any]:
         "running": RunningChunks(),
         "sandbox": sandbox,
         "heartbeat": heartbeat,
+        "db_slots": asyncio.Semaphore(tuning.db_pool_size),
         "heartbeat_task": asyncio.create_task(heartbeat.run()),
     }
 

@@ -41,6 +41,14 @@ class LogEntry:
     message: str
     context: dict[str, Any]
 
+    def row(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "event_type": self.event_type,
+            "message": self.message,
+            "context": self.context,
+        }
+
 
 @dataclass(frozen=True)
 class StepRecord:

@@ -36,6 +36,8 @@ class Workspace:
             raise ToolError(f"invalid path {path!r}: paths must be relative to the workspace")
         if ".." in relative.parts:
             raise ToolError(f"invalid path {path!r}: '..' is not allowed")
+        if not relative.parts:  # "" or ".": the root, resolved once already
+            return self.root
         # Non-strict resolution still follows every existing symlink (dangling ones too), so
         # only the not-yet-created tail of a path to be written stays unresolved.
         try:

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from dataclasses import asdict
 from typing import Any, TypedDict
 
 import httpx
@@ -35,7 +34,7 @@ from app.executions.heartbeat import Heartbeat
 from app.executions.interrupts import RunningChunks
 from app.executions.jobs import enqueue_chunk
 from app.executions.transitions import ASK, COMPLETE, DELEGATE, WAIT, Signal, Status
-from app.executions.worker_repository import Claim, NewChild, StepCommit
+from app.executions.worker_repository import Claim, NewChild, StepCommit, StoredLog
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +72,8 @@ class WorkerContext(TypedDict):
     running: RunningChunks
     sandbox: Sandbox
     heartbeat: Heartbeat
+    # One per pooled connection: steps queue here, cheaply, rather than in the pool's checkout.
+    db_slots: asyncio.Semaphore
 
 
 class LeaseLost(Exception):
@@ -239,7 +240,7 @@ class ChunkRunner:
                 "tokens_used": record.tokens_used,
                 "token_usage": state.usage.total_tokens,
             },
-            entries=[asdict(entry) for entry in record.logs],
+            entries=[entry.row() for entry in record.logs],
             finish=finish,
             output={"response": state.final_answer} if finish is COMPLETE else None,
             metadata={"question": state.pending_question} if finish is ASK else None,
@@ -247,12 +248,20 @@ class ChunkRunner:
             wait=wait,
             delivered=delivered or None,
         )
-        async with self.db.connect() as conn:
+        async with self.ctx["db_slots"], self.db.connect() as conn:
             written = await worker_repository.commit_step(conn, step)
         if written is None:
             raise LeaseLost
         effects = self._effects()
-        step_events = [events.from_log(self.id, entry, None) for entry in written.entries]
+        # The step's rows share its statement's time (now() is the transaction's).
+        step_events = [
+            events.from_log(
+                self.id,
+                StoredLog(log_id, e.level, e.event_type, e.message, e.context, written.created_at),
+                None,
+            )
+            for log_id, e in zip(written.entry_ids, record.logs, strict=True)
+        ]
         step_events.append(
             events.step_completed(self.id, written.log_id, written.created_at, step.log_context)
         )
@@ -319,7 +328,7 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retri
     counts the transient infrastructure failures that came before this job."""
     settings = ctx["settings"]
     try:
-        async with ctx["db"].connect() as conn:
+        async with ctx["db_slots"], ctx["db"].connect() as conn:
             claim = await worker_repository.claim_execution(
                 conn, uuid.UUID(execution_id), lease, ctx["worker_id"]
             )

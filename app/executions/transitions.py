@@ -413,4 +413,4 @@ def entries_log(*, source: str, entries: str) -> str:
                t.entry -> 'context'
         FROM {source} s, jsonb_array_elements({entries}) WITH ORDINALITY AS t(entry, n)
         ORDER BY t.n
-        RETURNING id, level, event_type, message, context, created_at"""
+        RETURNING id"""

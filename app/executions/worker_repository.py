@@ -146,8 +146,8 @@ _COMMIT_STEP = RawStatement.compile(
         select="""
         SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context,
                step_log.id AS step_log_id, step_log.created_at AS step_created_at,
-               (SELECT coalesce(jsonb_agg(to_jsonb(x) ORDER BY x.id), '[]'::jsonb)
-                FROM entries_log x) AS entries
+               (SELECT coalesce(array_agg(x.id ORDER BY x.id), '{}') FROM entries_log x)
+                   AS entry_ids
         FROM changed JOIN step_log ON true LEFT JOIN status_log ON true""",
     )
 )
@@ -274,7 +274,7 @@ class StepCommit:
 
 @dataclass(frozen=True, slots=True)
 class StoredLog:
-    """A log row as a statement returned it."""
+    """A log row a step wrote, as the worker knows it (for its live event)."""
 
     id: int
     level: str
@@ -283,17 +283,6 @@ class StoredLog:
     context: dict[str, Any]
     created_at: datetime
 
-    @classmethod
-    def from_json(cls, row: dict[str, Any]) -> StoredLog:
-        return cls(
-            id=int(row["id"]),
-            level=row["level"],
-            event_type=row["event_type"],
-            message=row["message"],
-            context=row["context"],
-            created_at=datetime.fromisoformat(row["created_at"]),
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class StepWritten:
@@ -301,7 +290,7 @@ class StepWritten:
     created_at: datetime
     status: Status
     change: StatusChange | None  # set when the step ended or parked the execution
-    entries: list[StoredLog]  # the step's tool and warning rows
+    entry_ids: list[int]  # the ids of the step's tool and warning rows, in order
 
 
 async def claim_execution(
@@ -342,10 +331,10 @@ async def commit_step(conn: AsyncConnection, step: StepCommit) -> StepWritten | 
     if row is None:
         return None
     change = None if row["log_id"] is None else StatusChange.from_row(row)
-    entries = [StoredLog.from_json(entry) for entry in row["entries"]]
     return StepWritten(
-        row["step_log_id"], row["step_created_at"], Status(row["status"]), change, entries
-    )
+        row["step_log_id"], row["step_created_at"], Status(row["status"]), change,
+        list(row["entry_ids"]),
+    )  # fmt: skip
 
 
 async def fail_execution(
