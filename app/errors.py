@@ -10,7 +10,8 @@
     ├── Conflict                  409  the resource is not in a state that allows this
     ├── PayloadTooLarge           413  a body over the route's size limit
     ├── InvalidRequest            422  well-formed JSON that the domain rejects
-    │   └── UnknownAgentType           lists the known types
+    │   ├── UnknownAgentType           lists the known types
+    │   └── IdempotencyKeyReused       an Idempotency-Key sent again with another body
     ├── RateLimited               429  the tier's limits are reached (``limits``, Retry-After)
     └── ServiceUnavailable        503  a backing service (database, Redis) is unreachable
 
@@ -138,6 +139,11 @@ class InvalidRequest(AppError):
 class UnknownAgentType(InvalidRequest):
     type = "unknown-agent-type"
     title = "Unknown agent type"
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    type = "idempotency-key-reused"
+    title = "Idempotency key already used for another request"
 
 
 class RateLimited(AppError):

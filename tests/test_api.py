@@ -179,13 +179,15 @@ async def test_tier_limits_are_enforced_with_429_and_retry_after(client, session
     assert response.headers["content-type"] == "application/problem+json"
     assert int(response.headers["retry-after"]) > 0
     limits = response.json()["limits"]
-    assert limits == {
+    own = (await client.get("/api/me/limits", headers=free.headers)).json()
+    assert own["hourly"]["next_slot_at"] is not None
+    assert limits == {**own, "retry_after_seconds": int(response.headers["retry-after"])}
+    assert {k: own[k] for k in ("tier", "concurrent")} == {
         "tier": "free",
-        "concurrent": 1,
-        "per_hour": 10,
-        "active": 1,
-        "started_last_hour": 1,
+        "concurrent": {"used": 1, "limit": 1},
     }
+    assert (own["hourly"]["used"], own["hourly"]["limit"]) == (1, 10)
+    assert own["retry_after_seconds"] == 5
     assert (await client.get("/api/agents", headers=free.headers)).json()["total"] == 1
 
 
@@ -204,7 +206,7 @@ async def test_hourly_limit_counts_finished_executions(client, sessions, run_wor
         headers=free.headers,
     )
     assert response.status_code == 429
-    assert response.json()["limits"]["started_last_hour"] == 10
+    assert response.json()["limits"]["hourly"]["used"] == 10
     assert 3500 < int(response.headers["retry-after"]) <= 3600
     # Concurrent requests from one user are serialized: exactly as many pass as the limit allows.
     pro = await make_account(sessions, "burst@example.com", tier="pro")
@@ -255,3 +257,25 @@ async def test_bad_log_queries_are_422(client, alice, query):
 async def test_huge_page_number_is_422(client, alice):
     response = await client.get("/api/agents?page=100000000000", headers=alice.headers)
     assert response.status_code == 422
+
+
+async def test_own_limits_show_usage_and_when_the_next_hourly_slot_frees(client, sessions):
+    from tests.fixtures.users import make_account
+
+    fresh = await make_account(sessions, "quota@example.com", tier="pro")
+    before = (await client.get("/api/me/limits", headers=fresh.headers)).json()
+    await start(client, fresh, "steps-3")
+    after = (await client.get("/api/me/limits", headers=fresh.headers)).json()
+    anonymous = await client.get("/api/me/limits")
+
+    assert before == {
+        "tier": "pro",
+        "concurrent": {"used": 0, "limit": 5},
+        "hourly": {"used": 0, "limit": 100, "next_slot_at": None},
+        "retry_after_seconds": None,
+    }
+    assert after["concurrent"]["used"] == 1
+    assert after["hourly"]["used"] == 1
+    assert after["hourly"]["next_slot_at"] is not None
+    assert after["retry_after_seconds"] is None
+    assert anonymous.status_code == 401

@@ -117,4 +117,4 @@ async def test_scheduled_starts_count_per_hour_but_hold_no_concurrency_slot(
         assert now.status_code == 201, now.text  # the two scheduled ones hold no slot
         over = await schedule(http, free, delay_seconds=3600)
     assert over.status_code == 429
-    assert over.json()["limits"]["started_last_hour"] == 3
+    assert over.json()["limits"]["hourly"]["used"] == 3

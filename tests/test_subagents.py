@@ -38,7 +38,7 @@ api_key_env = ""
 description = "Researches one part."
 
 [[subagents.helper.script]]
-delay_seconds = 0.6
+delay_seconds = 1.5
 content = "finding about {prompt}"
 """
 

@@ -149,3 +149,20 @@ class ExecutionSignal(Base):
     processed: Mapped[bool] = mapped_column(Boolean, server_default="false")
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _created_at()
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` of ``POST /api/agents``: the request it came with (a hash) and the
+    response to replay; forgotten after a day."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), index=True
+    )

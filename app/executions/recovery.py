@@ -28,10 +28,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.config import Settings
 from app.events.repository import prune_events
 from app.events.service import expire_due_waits
-from app.executions import recovery_repository, subagent_repository
+from app.executions import recovery_repository, repository, subagent_repository
 from app.executions.children import wake_parent
 from app.executions.effects import Effects, announce_committed
 from app.executions.jobs import enqueue_chunk, job_id
+from app.executions.service import IDEMPOTENCY_KEEP_SECONDS
 from app.outbound.service import queue_overdue
 from app.schedules.service import fire_due_schedules
 from app.webhooks.repository import prune_messages
@@ -118,6 +119,7 @@ async def sweep(db: AsyncEngine, redis: ArqRedis, settings: Settings) -> SweepRe
     async with db.begin() as conn:
         await prune_messages(conn, KEEP_MESSAGES_SECONDS)
         await prune_events(conn, settings.events.retention_days * 86_400)
+        await repository.prune_idempotency_keys(conn, IDEMPOTENCY_KEEP_SECONDS)
     for stale in pending:
         if await _is_queued(redis, job_id(stale.id, stale.lease)):
             continue

@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, TextClause, bindparam, func, inspect, select, text
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    TextClause,
+    bindparam,
+    delete,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.executions.models import Execution, ExecutionLog, ExecutionMessage
+from app.executions.models import Execution, ExecutionLog, ExecutionMessage, IdempotencyKey
 from app.executions.transitions import (
     ANSWER,
     CANCEL,
@@ -362,3 +373,52 @@ async def list_children(session: AsyncSession, execution_id: uuid.UUID) -> list[
         .order_by(Execution.created_at, Execution.id)
     )
     return list(rows)
+
+
+# A key younger than a day is taken; an older one is claimed afresh. A second request with a
+# key in use waits here for the first one's transaction, then sees its response.
+_CLAIM_KEY = text(
+    """
+    INSERT INTO idempotency_keys (user_id, key, request_hash)
+    VALUES (:user_id, :key, :request_hash)
+    ON CONFLICT (user_id, key) DO UPDATE
+        SET request_hash = EXCLUDED.request_hash, response = NULL, created_at = now()
+        WHERE idempotency_keys.created_at < now() - make_interval(secs => :keep_seconds)
+    RETURNING true
+    """
+).bindparams(bindparam("user_id", type_=BigInteger))
+
+
+async def claim_idempotency_key(
+    session: AsyncSession, user_id: int, key: str, request_hash: str, keep_seconds: float
+) -> IdempotencyKey | None:
+    """Take ``key`` for a new start (None), or the stored record of the start it was used for."""
+    claimed = await session.execute(
+        _CLAIM_KEY,
+        {
+            "user_id": user_id,
+            "key": key,
+            "request_hash": request_hash,
+            "keep_seconds": keep_seconds,
+        },
+    )
+    if claimed.scalar() is not None:
+        return None
+    return await session.get(IdempotencyKey, (user_id, key), populate_existing=True)
+
+
+async def record_idempotent_response(
+    session: AsyncSession, user_id: int, key: str, response: dict[str, Any]
+) -> None:
+    await session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
+        .values(response=response)
+    )
+
+
+async def prune_idempotency_keys(conn: AsyncConnection, keep_seconds: float) -> int:
+    """Forget keys older than ``keep_seconds``; how many."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=keep_seconds)
+    result = await conn.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < cutoff))
+    return int(result.rowcount or 0)

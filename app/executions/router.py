@@ -4,11 +4,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 
 from app.auth.dependencies import CurrentUser
 from app.deps import RedisDep, SessionDep, SettingsDep
 from app.errors import (
+    Conflict,
     ExecutionNotFound,
     InvalidRequest,
     RateLimited,
@@ -57,6 +58,7 @@ def _after(delay_seconds: float | None) -> datetime | None:
         **UnknownAgentType.openapi(),
         **InvalidRequest.openapi(),
         **RateLimited.openapi(),
+        **Conflict.openapi(),
     },
 )
 async def start_execution(
@@ -66,7 +68,25 @@ async def start_execution(
     session: SessionDep,
     settings: SettingsDep,
     redis: RedisDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Sent again with the same body within 24 h, the first response is "
+            "replayed (with `Idempotent-Replayed: true`) and nothing new is started.",
+        ),
+    ] = None,
 ) -> StartedExecution:
+    if idempotency_key is not None:
+        replayed = await service.replayed_start(
+            session, user, idempotency_key, body.model_dump(mode="json")
+        )
+        if replayed is not None:
+            response.headers["Idempotent-Replayed"] = "true"
+            response.headers["Location"] = f"/api/agents/{replayed['id']}"
+            return StartedExecution.model_validate(replayed)
     execution = await service.start_execution(
         session,
         redis,
@@ -91,6 +111,10 @@ async def start_execution(
         out = SubscriptionOut.model_validate(created.subscription).model_dump()
         started.webhook = SubscriptionCreated(**out, secret=created.secret)
     response.headers["Location"] = f"/api/agents/{execution.id}"
+    if idempotency_key is not None:
+        await service.remember_start(
+            session, user, idempotency_key, started.model_dump(mode="json")
+        )
     return started
 
 

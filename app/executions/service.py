@@ -4,6 +4,8 @@ to anybody else it does not exist (404, not 403)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,12 +18,52 @@ from app.agents.errors import MissingApiKey
 from app.agents.registry import check_agent_type, offered_tools
 from app.auth.models import User
 from app.config import Settings
-from app.errors import ExecutionNotFound, InvalidRequest, UnknownAgentType
+from app.errors import (
+    Conflict,
+    ExecutionNotFound,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    UnknownAgentType,
+)
 from app.executions import repository
 from app.executions.effects import after_commit_effects
 from app.executions.limits import check_start_allowed
 from app.executions.models import Execution, ExecutionLog
 from app.executions.schemas import AgentTypeOut, AwaitEvent, ConversationMessage
+
+IDEMPOTENCY_KEEP_SECONDS = 24 * 3600
+
+
+def request_fingerprint(body: dict[str, Any]) -> str:
+    """A hash of a request body that equal JSON values share, whatever their formatting."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def replayed_start(
+    session: AsyncSession, user: User, key: str, body: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The response of the start that ``key`` was first sent with (the same ``body``), or None:
+    the key is now taken for this request. A key sent again with another body is refused."""
+    stored = await repository.claim_idempotency_key(
+        session, user.id, key, request_fingerprint(body), IDEMPOTENCY_KEEP_SECONDS
+    )
+    if stored is None:
+        return None
+    if stored.request_hash != request_fingerprint(body):
+        raise IdempotencyKeyReused(
+            f"The Idempotency-Key {key!r} was used in the last 24 hours with another request."
+        )
+    if stored.response is None:
+        raise Conflict(f"A request with the Idempotency-Key {key!r} is still being processed.")
+    return stored.response
+
+
+async def remember_start(
+    session: AsyncSession, user: User, key: str, response: dict[str, Any]
+) -> None:
+    """Keep the response of a start made with ``key``, to replay it."""
+    await repository.record_idempotent_response(session, user.id, key, response)
 
 
 def agent_types(settings: Settings) -> list[AgentTypeOut]:
