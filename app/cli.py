@@ -198,6 +198,48 @@ async def _dev(settings: Settings, host: str, port: int) -> None:
         await worker_task
 
 
+async def _prune(settings: Settings, dry_run: bool) -> None:
+    from app.db import create_engine
+    from app.executions.retention import prune
+
+    assert settings.database_url
+    db = create_engine(settings.database_url)
+    try:
+        report = await prune(db, settings, dry_run=dry_run)
+    finally:
+        await db.dispose()
+    print(report.summary())
+
+
+def _with_stale_after(settings: Settings, seconds: float) -> Settings:
+    worker = settings.worker.model_copy(
+        update={
+            "stale_after": seconds,
+            "heartbeat_interval": min(settings.worker.heartbeat_interval, seconds / 2),
+        }
+    )
+    return settings.model_copy(update={"worker": worker})
+
+
+async def _recover_stuck(settings: Settings) -> None:
+    from dataclasses import asdict
+
+    from app.db import create_engine
+    from app.executions.recovery import sweep
+    from app.redis import arq_pool
+
+    assert settings.database_url
+    assert settings.redis_url
+    db = create_engine(settings.database_url)
+    redis = await arq_pool(settings.redis_url)
+    try:
+        report = await sweep(db, redis, settings)
+    finally:
+        await redis.aclose()
+        await db.dispose()
+    print(", ".join(f"{name} {count}" for name, count in asdict(report).items()))
+
+
 def _run_processes(argv: list[str], processes: int) -> None:
     """Run ``processes`` copies of a worker command and stop them all together."""
     import signal
@@ -238,6 +280,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     revoke = commands.add_parser("revoke-token", help="revoke a user's tokens (by name, or all)")
     revoke.add_argument("--email", required=True)
     revoke.add_argument("--name", help="only the tokens with this name (default: all)")
+    prune = commands.add_parser("prune", help="delete what the retention settings say is old")
+    prune.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    recover = commands.add_parser("recover-stuck", help="run the recovery sweep once")
+    recover.add_argument(
+        "--stale-after", type=float, help="seconds without a heartbeat (default: the setting)"
+    )
     token = commands.add_parser("create-token", help="create an API token (printed once)")
     token.add_argument("--email", required=True)
     token.add_argument("--name", default="default")
@@ -251,27 +299,40 @@ def main(argv: Sequence[str] | None = None) -> None:
         _run_processes(["worker", *queue_args], args.processes)
     try:
         _uvloop_install()
-        if args.command == "dev":
-            asyncio.run(_dev(settings, args.host, args.port))
-        elif args.command == "serve":
+        if args.command == "serve":
             make_undumpable()  # the environment holds the database URL and secrets
-            asyncio.run(_serve(settings, args.host, args.port))
-        elif args.command == "worker":
-            asyncio.run(_work(settings, args.queue or settings.queue_names()))
-        elif args.command == "migrate":
-            asyncio.run(migrate(settings))
-            print("database is at the latest revision")
-        elif args.command == "create-user":
-            asyncio.run(_create_user(settings, args.email, args.name, args.tier, args.admin))
-        elif args.command == "revoke-token":
-            asyncio.run(_revoke_tokens(settings, args.email, args.name))
-        elif args.command == "create-token":
-            asyncio.run(_create_token(settings, args.email, args.name))
+        asyncio.run(_command(args, settings))
     except KeyboardInterrupt:
         pass
     except SandboxStartError as exc:
         print(f"agents: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+async def _command(args: argparse.Namespace, settings: Settings) -> None:
+    """Run the chosen command (all but ``worker --processes N``)."""
+    match args.command:
+        case "dev":
+            await _dev(settings, args.host, args.port)
+        case "serve":
+            await _serve(settings, args.host, args.port)
+        case "worker":
+            await _work(settings, args.queue or settings.queue_names())
+        case "migrate":
+            await migrate(settings)
+            print("database is at the latest revision")
+        case "create-user":
+            await _create_user(settings, args.email, args.name, args.tier, args.admin)
+        case "revoke-token":
+            await _revoke_tokens(settings, args.email, args.name)
+        case "create-token":
+            await _create_token(settings, args.email, args.name)
+        case "prune":
+            await _prune(settings, args.dry_run)
+        case "recover-stuck":
+            if args.stale_after is not None:
+                settings = _with_stale_after(settings, args.stale_after)
+            await _recover_stuck(settings)
 
 
 def _uvloop_install() -> None:

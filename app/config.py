@@ -36,6 +36,7 @@ from app.config_sections import (  # re-exported: the sections belong to the set
     Limits,
     OutboundWebhooks,
     Queues,
+    Retention,
     ScheduleConfig,
     SchedulingSettings,
     StreamLimits,
@@ -43,6 +44,7 @@ from app.config_sections import (  # re-exported: the sections belong to the set
     Timeouts,
     WebhookEndpoint,
     WorkerTuning,
+    WorkspaceSettings,
 )
 from app.webhooks.signatures import parse_standard_secret
 
@@ -148,6 +150,8 @@ class Settings(BaseSettings):
     outbound_webhooks: OutboundWebhooks = Field(default_factory=OutboundWebhooks)
     streams: StreamLimits = Field(default_factory=StreamLimits)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    retention: Retention = Field(default_factory=Retention)
+    workspace: WorkspaceSettings = Field(default_factory=WorkspaceSettings)
     webhooks: dict[str, WebhookEndpoint] = Field(default_factory=dict)
     schedules: dict[str, ScheduleConfig] = Field(default_factory=dict)
     # Private, so secrets stay out of repr() and model_dump().

@@ -131,6 +131,19 @@ class Limits(_Section):
     max_chunks: PositiveInt = 50
 
 
+class Retention(_Section):
+    """How long what finished executions leave behind is kept (``agents prune``, daily)."""
+
+    executions_days: PositiveFloat = 30
+    logs_days: PositiveFloat = 7
+
+
+class WorkspaceSettings(_Section):
+    cleanup_after_days: PositiveFloat = Field(
+        default=7, description="days after its execution ended that a workspace is deleted"
+    )
+
+
 class WorkerTuning(_Section):
     """How workers poll, heartbeat and recover; defaults favour low start latency.
 

@@ -22,6 +22,7 @@ from app.executions.jobs import (
 )
 from app.executions.recovery import start_scheduled as start_if_due
 from app.executions.recovery import sweep
+from app.executions.retention import prune
 from app.outbound.service import attempt_delivery
 from app.schedules.service import fire_due_schedules
 
@@ -33,6 +34,13 @@ async def sweep_executions(ctx: WorkerContext) -> dict[str, int]:
     if any(report.__dict__.values()):
         log.info("sweep: %s", report)
     return report.__dict__
+
+
+async def prune_retention(ctx: WorkerContext) -> dict[str, int]:
+    """Daily: delete what finished executions left behind longer ago than the retention."""
+    report = await prune(ctx["db"], ctx["settings"])
+    log.info("retention: %s", report.summary())
+    return {"logs": report.logs, "executions": report.executions, "workspaces": report.workspaces}
 
 
 async def expire_event_wait(ctx: WorkerContext, execution_id: str) -> str:
@@ -85,5 +93,14 @@ def cron_jobs(interval_seconds: int) -> list[CronJob]:
             second=seconds,
             run_at_startup=True,
             unique=True,
-        )
+        ),
+        # Once a day, at a quiet minute; one worker runs it (arq's cron jobs are unique).
+        cron(
+            cast(WorkerCoroutine, prune_retention),
+            hour={3},
+            minute={17},
+            second={0},
+            unique=True,
+            timeout=3600,
+        ),
     ]

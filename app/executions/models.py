@@ -44,6 +44,17 @@ class Execution(Base):
         # The sweep's index of running executions leaves ``heartbeat_at`` out on purpose: a
         # step's UPDATE then changes no indexed column and stays a HOT update (no index writes).
         Index("ix_agent_executions_running", "id", postgresql_where=text("status = 'running'")),
+        # Retention: finished executions by age, and the subagents sharing a workspace.
+        Index(
+            "ix_agent_executions_completed_at",
+            "completed_at",
+            postgresql_where=text("completed_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_agent_executions_workspace_id",
+            "workspace_id",
+            postgresql_where=text("workspace_id IS NOT NULL"),
+        ),
         Index(
             "ix_agent_executions_awaiting_event",
             text("(wait ->> 'event')"),
