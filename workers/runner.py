@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import time
+from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import Worker
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.executions.interrupts import listen_for_stops
+from app.executions.liveness import describe_worker, forget_worker, record_worker
 from app.redis import arq_pool, job_deserializer, job_serializer
 from app.schedules.service import sync_configured_schedules
 from workers.context import close_context, open_context
@@ -63,6 +65,7 @@ class WorkerGroup:
                 )
             )
         listener = asyncio.create_task(listen_for_stops(self.settings.redis_url, ctx["running"]))
+        alive = asyncio.create_task(self._announce_alive(ctx))
         if handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -74,6 +77,7 @@ class WorkerGroup:
         except asyncio.CancelledError:
             pass
         finally:
+            alive.cancel()
             if idle_watch is not None:
                 idle_watch.cancel()
             for worker in self.workers:
@@ -82,6 +86,25 @@ class WorkerGroup:
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
             await close_context(ctx)
+
+    async def _announce_alive(self, ctx: dict[str, Any]) -> None:
+        """Record this process as a live worker every heartbeat interval; forget it on stop."""
+        redis = Redis.from_url(self.settings.redis_url or "")
+        started_at = time.time()
+        try:
+            while True:
+                with contextlib.suppress(Exception):  # Redis away: the next beat tells
+                    await record_worker(
+                        redis,
+                        describe_worker(
+                            ctx["worker_id"], self.queues, ctx["heartbeat"].held, started_at
+                        ),
+                    )
+                await asyncio.sleep(self.settings.worker.heartbeat_interval)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(forget_worker(redis, ctx["worker_id"]))
+            await redis.aclose()
 
     async def _sync_schedules(self, db: AsyncEngine) -> None:
         """The configured cron schedules become the schedules marked as configured."""

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from app.admin import service
+from app.admin.queues import QueuesView, queues_view
 from app.admin.repository import ExecutionWithOwner
 from app.admin.schemas import (
     AdminExecution,
@@ -17,7 +18,7 @@ from app.admin.schemas import (
     ExecutionOwner,
 )
 from app.auth.dependencies import AdminUser
-from app.deps import SessionDep
+from app.deps import RedisDep, SessionDep, SettingsDep
 from app.errors import ExecutionNotFound, Forbidden, Unauthorized
 from app.executions.schemas import ChildSummary, ExecutionOut, LogEntry
 from app.executions.transitions import Status
@@ -130,3 +131,16 @@ async def list_execution_logs(
         page=page,
         per_page=_LOGS_PER_PAGE,
     )
+
+
+@router.get(
+    "/queues",
+    response_model=QueuesView,
+    operation_id="adminQueues",
+    summary="Per queue: queued, running, awaiting, throughput, wait and run times; live workers",
+    responses=_ADMIN,
+)
+async def admin_queues(
+    _: AdminUser, session: SessionDep, redis: RedisDep, settings: SettingsDep
+) -> QueuesView:
+    return await queues_view(session, redis, settings)

@@ -1,0 +1,139 @@
+"""``GET /api/admin/queues``: per queue, what waits in Redis and what PostgreSQL says ran, and
+the live workers. One statement for PostgreSQL and one pipeline for Redis, however many queues."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from arq.connections import ArqRedis
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.executions.liveness import live_workers
+
+_STATS = text(
+    """
+    SELECT queue,
+        count(*) FILTER (WHERE status = 'running') AS running,
+        count(*) FILTER (WHERE status IN ('awaiting_input', 'awaiting_event')) AS awaiting,
+        count(*) FILTER (WHERE started_at > now() - interval '1 minute') AS started_minute,
+        count(*) FILTER (WHERE started_at > now() - interval '1 hour') AS started_hour,
+        count(*) FILTER (WHERE status = 'completed' AND completed_at > now() - interval '1 minute')
+            AS completed_minute,
+        count(*) FILTER (WHERE status = 'completed' AND completed_at > now() - interval '1 hour')
+            AS completed_hour,
+        count(*) FILTER (WHERE status = 'failed' AND completed_at > now() - interval '1 minute')
+            AS failed_minute,
+        count(*) FILTER (WHERE status = 'failed' AND completed_at > now() - interval '1 hour')
+            AS failed_hour,
+        avg(extract(epoch FROM started_at - created_at))
+            FILTER (WHERE started_at > now() - interval '1 hour') AS wait_mean,
+        percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at))
+            FILTER (WHERE started_at > now() - interval '1 hour') AS wait_p95,
+        avg(extract(epoch FROM completed_at - started_at))
+            FILTER (WHERE completed_at > now() - interval '1 hour') AS run_mean,
+        percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at))
+            FILTER (WHERE completed_at > now() - interval '1 hour') AS run_p95
+    FROM agent_executions
+    WHERE status IN ('running', 'awaiting_input', 'awaiting_event')
+       OR started_at > now() - interval '1 hour' OR completed_at > now() - interval '1 hour'
+    GROUP BY queue
+    """
+)
+
+
+class Counts(BaseModel):
+    last_minute: int = 0
+    last_hour: int = 0
+
+
+class Seconds(BaseModel):
+    mean: float | None = None
+    p95: float | None = None
+
+
+class QueueStats(BaseModel):
+    name: str
+    queued: int = Field(description="Jobs in Redis, due or deferred.")
+    oldest_wait_seconds: float | None = Field(description="Age of the oldest due job.")
+    running: int
+    awaiting: int = Field(description="Executions parked for an answer or an event.")
+    started: Counts
+    completed: Counts
+    failed: Counts
+    wait_seconds: Seconds = Field(description="Created to started, last hour.")
+    run_seconds: Seconds = Field(description="Started to finished, last hour.")
+
+
+class LiveWorker(BaseModel):
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    running: int
+    rss_mb: float
+    started_at: float
+    seen_at: float
+
+
+class QueuesView(BaseModel):
+    queues: list[QueueStats]
+    workers: list[LiveWorker]
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else round(float(value), 3)
+
+
+async def queues_view(session: AsyncSession, redis: ArqRedis, settings: Settings) -> QueuesView:
+    names = settings.queue_names()
+    rows = {row.queue: row for row in (await session.execute(_STATS)).all()}
+    names += sorted(set(rows) - set(names))
+    now_ms = time.time() * 1000
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.zcard(name)
+            pipe.zrange(name, 0, 0, withscores=True)
+        replies = await pipe.execute()
+    stale_after = 3 * settings.worker.heartbeat_interval
+    workers = [LiveWorker.model_validate(w) for w in await live_workers(redis, stale_after)]
+    queues = []
+    for index, name in enumerate(names):
+        queued, oldest = replies[2 * index], replies[2 * index + 1]
+        oldest_wait = None
+        if oldest and oldest[0][1] <= now_ms:
+            oldest_wait = round((now_ms - oldest[0][1]) / 1000, 3)
+        row = rows.get(name)
+        queues.append(
+            QueueStats(
+                name=name,
+                queued=int(queued),
+                oldest_wait_seconds=oldest_wait,
+                running=row.running if row else 0,
+                awaiting=row.awaiting if row else 0,
+                started=Counts(
+                    last_minute=row.started_minute if row else 0,
+                    last_hour=row.started_hour if row else 0,
+                ),
+                completed=Counts(
+                    last_minute=row.completed_minute if row else 0,
+                    last_hour=row.completed_hour if row else 0,
+                ),
+                failed=Counts(
+                    last_minute=row.failed_minute if row else 0,
+                    last_hour=row.failed_hour if row else 0,
+                ),
+                wait_seconds=Seconds(
+                    mean=_seconds(row.wait_mean if row else None),
+                    p95=_seconds(row.wait_p95 if row else None),
+                ),
+                run_seconds=Seconds(
+                    mean=_seconds(row.run_mean if row else None),
+                    p95=_seconds(row.run_p95 if row else None),
+                ),
+            )
+        )
+    return QueuesView(queues=queues, workers=workers)
