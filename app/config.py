@@ -37,6 +37,7 @@ from app.config_sections import (  # re-exported: the sections belong to the set
     OutboundWebhooks,
     Queues,
     Retention,
+    Routing,
     ScheduleConfig,
     SchedulingSettings,
     StreamLimits,
@@ -140,6 +141,7 @@ class Settings(BaseSettings):
     max_body_bytes: PositiveInt = 2_000_000
     tiers: dict[Tier, TierLimits] = Field(default_factory=dict)
     queues: Queues = Field(default_factory=Queues)
+    routing: Routing = Field(default_factory=Routing)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     limits: Limits = Field(default_factory=Limits)
     worker: WorkerTuning = Field(default_factory=WorkerTuning)

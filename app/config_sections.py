@@ -35,6 +35,29 @@ class Queues(_Section):
         return [self.default, self.long, self.priority]
 
 
+QueueName = Literal["default", "long", "priority"]
+_REQUESTABLE: dict[str, list[QueueName]] = {
+    "free": ["default", "long"],
+    "pro": ["default", "long"],
+    "enterprise": ["default", "long", "priority"],
+}
+
+
+class Routing(_Section):
+    """Which queue a start goes to, first rule that applies: a ``queue`` the request names (if
+    the user's tier may use it, per ``requestable``; else 422); a tier in ``priority_tiers`` →
+    the priority queue; a type in ``long_agent_types``, or whose own queue is the long one →
+    the long queue; ``estimated_steps`` above ``long_steps_threshold`` → the long queue; else
+    the type's own queue."""
+
+    priority_tiers: list[str] = Field(default_factory=lambda: ["enterprise"])
+    long_agent_types: list[str] = Field(default_factory=lambda: ["research", "code-review"])
+    long_steps_threshold: PositiveInt = 50
+    requestable: dict[str, list[QueueName]] = Field(
+        default_factory=lambda: {tier: list(names) for tier, names in _REQUESTABLE.items()}
+    )
+
+
 class Timeouts(_Section):
     default: PositiveFloat = 600
     long: PositiveFloat = 1800

@@ -71,6 +71,8 @@ class Execution(Base):
     agent_type: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(20), server_default="pending")
     queue: Mapped[str] = mapped_column(String(100))
+    # The routing rule that chose the queue (NULL for subagents: their spec's queue).
+    queue_reason: Mapped[str | None] = mapped_column(String(20))
     parent_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("agent_executions.id", ondelete="CASCADE"), index=True
     )

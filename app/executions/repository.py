@@ -58,8 +58,10 @@ def _insert_execution(move: Move) -> TextClause:
         f"""
         WITH execution AS (
             INSERT INTO agent_executions
-                (id, user_id, agent_type, queue, input, metadata, status, wait, run_at)
-            VALUES (:id, :user_id, :agent_type, :queue, :input, :metadata, '{move.target}',
+                (id, user_id, agent_type, queue, queue_reason, input, metadata, status, wait,
+                 run_at)
+            VALUES (:id, :user_id, :agent_type, :queue, :queue_reason, :input, :metadata,
+                    '{move.target}',
                     {WAIT_WITH_DEADLINE.format(wait="CAST(:wait AS jsonb)")}, :run_at)
             RETURNING *
         ), status_log AS ({creation_log(move, source="execution")})
@@ -217,6 +219,7 @@ async def insert_execution(
     metadata: dict[str, Any],
     wait: dict[str, Any] | None = None,
     run_at: datetime | None = None,
+    queue_reason: str | None = None,
 ) -> Created:
     """A new execution and its first status log, in one statement: this is on every start's
     path. It is pending; with ``wait`` (``{event, key, timeout_seconds}``) it waits for that
@@ -231,6 +234,7 @@ async def insert_execution(
             "user_id": user_id,
             "agent_type": agent_type,
             "queue": queue,
+            "queue_reason": queue_reason,
             "input": input,
             "metadata": metadata,
         },

@@ -97,6 +97,8 @@ async def start_execution(
         body.metadata,
         body.await_event,
         body.run_at or _after(body.delay_seconds),
+        queue=body.queue,
+        estimated_steps=body.estimated_steps,
     )
     started = StartedExecution.model_validate(execution)
     if body.webhook is not None:

@@ -61,6 +61,15 @@ class StartExecution(BaseModel):
     webhook: WebhookTarget | None = Field(
         default=None, description="Be told by signed webhook when this execution reaches these."
     )
+    queue: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Run on this queue, if your tier may use it (else 422); default: routing.",
+    )
+    estimated_steps: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Many steps send it to the long queue."
+    )
 
     @model_validator(mode="after")
     def _one_way_to_start(self) -> StartExecution:
@@ -120,6 +129,11 @@ class ExecutionOut(BaseModel):
     agent_type: str
     status: Status
     queue: str
+    queue_reason: str | None = Field(
+        default=None,
+        description="The routing rule that chose the queue: requested, tier, agent_type, "
+        "estimated_steps or default (none for subagents).",
+    )
     parent_id: uuid.UUID | None
     depth: int
     input: dict[str, Any]

@@ -29,6 +29,7 @@ from app.executions import repository
 from app.executions.effects import after_commit_effects
 from app.executions.limits import check_start_allowed
 from app.executions.models import Execution, ExecutionLog
+from app.executions.routing import choose_queue
 from app.executions.schemas import AgentTypeOut, AwaitEvent, ConversationMessage
 
 IDEMPOTENCY_KEEP_SECONDS = 24 * 3600
@@ -106,10 +107,13 @@ async def start_execution(
     metadata: dict[str, Any] | None = None,
     await_event: AwaitEvent | None = None,
     run_at: datetime | None = None,
+    queue: str | None = None,
+    estimated_steps: int | None = None,
 ) -> Execution:
     """Record a pending execution (its first job is enqueued once the row is committed); with
     ``await_event`` one that waits for that event first; with ``run_at`` (in the future) one
-    scheduled to start then."""
+    scheduled to start then. Its queue comes from the routing rules (``queue`` is a request
+    the user's tier must allow; ``estimated_steps`` may send it to the long queue)."""
     spec = settings.agent_types.get(agent_type)
     if spec is None:
         known = sorted(settings.agent_types)
@@ -132,6 +136,14 @@ async def start_execution(
             )
         if run_at <= datetime.now(UTC):
             run_at = None  # due already: it starts now
+    chosen_queue, reason = choose_queue(
+        settings,
+        tier=user.tier,
+        agent_type=agent_type,
+        spec=spec,
+        requested=queue,
+        estimated_steps=estimated_steps,
+    )
     await check_start_allowed(session, user.id, user.tier, settings.tier_limits(user.tier))
     wait = None
     if await_event is not None:
@@ -148,7 +160,8 @@ async def start_execution(
         session,
         user_id=user.id,
         agent_type=agent_type,
-        queue=spec.queue,
+        queue=chosen_queue,
+        queue_reason=reason,
         input=input,
         metadata=metadata or {},
         wait=wait,
