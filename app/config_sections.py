@@ -24,6 +24,8 @@ class _Section(BaseModel):
 class TierLimits(_Section):
     concurrent: PositiveInt
     per_hour: PositiveInt
+    # Subagents unfinished at once under one execution started over the API (its whole tree).
+    max_descendants: PositiveInt = 10
 
 
 class Queues(_Section):
@@ -152,6 +154,8 @@ class Limits(_Section):
     max_tokens: PositiveInt = 100_000
     chunk_size: PositiveInt = 10
     max_chunks: PositiveInt = 50
+    # Subagents one execution may start in all (each spawn_subagents call: 10 at most).
+    max_children: PositiveInt = 50
 
 
 class Retention(_Section):

@@ -243,3 +243,74 @@ def test_tools_must_come_from_the_capabilities() -> None:
         Settings.model_validate(
             {"subagents": {"x": {"capabilities": ["files"], "tools": ["read_file", "bash"]}}}
         )
+
+
+async def test_a_step_over_the_subagent_limit_gets_an_error_and_starts_nothing(
+    alice, sessions, make_settings, run_worker
+):
+    lead = AgentTypeSpec(
+        provider="scripted",
+        capabilities=["subagents"],
+        subagents=["helper"],
+        script=[
+            spawn(("helper", "a"), ("helper", "b"), ("helper", "c")),
+            ScriptedTurn(content="{last_tool_result}"),
+        ],
+    )
+    helper = AgentTypeSpec(provider="scripted", script=[ScriptedTurn(content="done")])
+    settings = make_settings(
+        agent_types={"lead": lead},
+        subagents={"helper": helper},
+        tiers={"pro": {"concurrent": 5, "per_hour": 100, "max_descendants": 2}},
+    )
+    async with api_client(settings) as http:
+        created = await start(http, alice, "lead")
+        done = await finish(http, alice, created["id"], run_worker, settings)
+
+    assert done["status"] == "completed"
+    assert done["output"]["response"].startswith("error: subagent limit reached: 0 subagent(s)")
+    assert await children_of(sessions, created["id"]) == []
+
+
+async def test_siblings_spawning_at_once_stay_within_the_trees_limit(
+    alice, sessions, make_settings, run_worker
+):
+    """Two subagents each ask for two more at the same moment; the tree may run four at once,
+    so exactly one of them gets its pair (the leaves run long enough to still count)."""
+    lead = AgentTypeSpec(
+        provider="scripted",
+        capabilities=["subagents"],
+        subagents=["middle"],
+        script=[
+            spawn(("middle", "x"), ("middle", "y")),
+            ScriptedTurn(content="{last_user_message}"),
+        ],
+    )
+    middle = AgentTypeSpec(
+        provider="scripted",
+        capabilities=["subagents"],
+        subagents=["leaf"],
+        script=[
+            spawn(("leaf", "1"), ("leaf", "2")),
+            ScriptedTurn(content="{last_tool_result}"),
+        ],
+    )
+    leaf = AgentTypeSpec(
+        provider="scripted", script=[ScriptedTurn(content="leaf done", delay_seconds=1.0)]
+    )
+    settings = make_settings(
+        agent_types={"lead": lead},
+        subagents={"middle": middle, "leaf": leaf},
+        tiers={"pro": {"concurrent": 5, "per_hour": 100, "max_descendants": 4}},
+    )
+    async with api_client(settings) as http:
+        created = await start(http, alice, "lead")
+        done = await finish(http, alice, created["id"], run_worker, settings)
+
+    assert done["status"] == "completed", done
+    middles = await children_of(sessions, created["id"])
+    leaves = [await children_of(sessions, str(m.id)) for m in middles]
+    assert sorted(len(found) for found in leaves) == [0, 2]
+    refused = next(m for m, found in zip(middles, leaves, strict=True) if not found)
+    assert refused.output is not None
+    assert refused.output["response"].startswith("error: subagent limit reached: 4 subagent(s)")

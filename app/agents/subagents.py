@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.agents.state import Message, SubagentResult, SubagentTask
+from app.agents.state import AgentState, Message, SubagentResult, SubagentTask
 from app.agents.tools import Tool, ToolContext, ToolError, ToolSpec
 
 MAX_TASKS = 10
@@ -72,6 +72,19 @@ class SpawnSubagents(Tool):
             SubagentTask(subagent=t.subagent, prompt=t.prompt) for t in args.tasks
         )
         return STARTED.format(count=len(args.tasks))
+
+
+def refuse_subagents(state: AgentState, reason: str) -> None:
+    """Take back the subagents the last step asked for: its ``spawn_subagents`` result becomes
+    ``error: <reason>`` and the run goes on (for the engine, when a limit forbids them)."""
+    for index in range(len(state.messages) - 1, -1, -1):
+        message = state.messages[index]
+        if message.role == "tool" and message.name == SpawnSubagents.name:
+            state.messages[index] = message.model_copy(update={"content": f"error: {reason}"})
+            break
+    state.pending_subagents = []
+    if state.stop_reason == "awaiting_subagents":
+        state.stop_reason = None
 
 
 def results_message(

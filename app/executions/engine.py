@@ -25,8 +25,9 @@ from app.agents.errors import AgentError
 from app.agents.registry import build_agent
 from app.agents.sandbox import Sandbox
 from app.agents.state import AgentState, EventOutcome, SubagentResult
+from app.agents.subagents import refuse_subagents
 from app.config import Settings
-from app.db import is_transient
+from app.db import is_transient, transaction_connection
 from app.executions import events, subagent_repository, worker_repository
 from app.executions.children import new_children
 from app.executions.effects import Effects
@@ -34,7 +35,13 @@ from app.executions.heartbeat import Heartbeat
 from app.executions.interrupts import RunningChunks
 from app.executions.jobs import enqueue_chunk
 from app.executions.transitions import ASK, COMPLETE, DELEGATE, WAIT, Signal, Status
-from app.executions.worker_repository import Claim, NewChild, StepCommit, StoredLog
+from app.executions.worker_repository import (
+    Claim,
+    NewChild,
+    StepCommit,
+    StoredLog,
+    SubagentBudget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +209,70 @@ class ChunkRunner:
     async def _commit(
         self, record: StepRecord, persisted: int, delivered: list[int]
     ) -> tuple[int, Status]:
-        """Commit the step; returns how many messages are now stored and the new status."""
+        """Commit the step; returns how many messages are now stored and the new status.
+
+        A step that starts subagents is committed under its tree's lock, after checking the
+        subagent limits: over them, the model reads an error instead and the run goes on.
+        """
+        state = record.state
+        async with self.ctx["db_slots"]:
+            if state.stop_reason == "awaiting_subagents":
+                async with transaction_connection(self.db) as conn:
+                    budget = await worker_repository.lock_subagent_budget(conn, self.id)
+                    refusal = self._subagent_refusal(budget, len(state.pending_subagents))
+                    if refusal is not None:
+                        refuse_subagents(state, refusal)
+                    step, children = self._step_commit(record, persisted, delivered)
+                    written = await worker_repository.commit_step(conn, step)
+            else:
+                step, children = self._step_commit(record, persisted, delivered)
+                async with self.db.connect() as conn:
+                    written = await worker_repository.commit_step(conn, step)
+        if written is None:
+            raise LeaseLost
+        effects = self._effects()
+        # The step's rows share its statement's time (now() is the transaction's).
+        step_events = [
+            events.from_log(
+                self.id,
+                StoredLog(log_id, e.level, e.event_type, e.message, e.context, written.created_at),
+                None,
+            )
+            for log_id, e in zip(written.entry_ids, record.logs, strict=True)
+        ]
+        step_events.append(
+            events.step_completed(self.id, written.log_id, written.created_at, step.log_context)
+        )
+        if written.change is None:
+            effects.publish(self.id, self.claim.user_id, *step_events)
+        else:
+            effects.announce(written.change, before=step_events)
+        for child in children or []:
+            effects.enqueue(child.id, 0, child.queue)
+        await effects.run()
+        return len(state.messages), written.status
+
+    def _subagent_refusal(self, budget: SubagentBudget, asked: int) -> str | None:
+        """Why the subagents a step asks for may not start, or None."""
+        limit = self.settings.tier_limits(budget.tier).max_descendants
+        if budget.unfinished + asked > limit:
+            return (
+                f"subagent limit reached: {budget.unfinished} subagent(s) of this task are "
+                f"still running and at most {limit} may run at once; wait for them or do the "
+                "work yourself"
+            )
+        most = self.settings.limits.max_children
+        if budget.children + asked > most:
+            return (
+                f"subagent limit reached: this agent has started {budget.children} of at most "
+                f"{most} subagents; do the rest of the work yourself"
+            )
+        return None
+
+    def _step_commit(
+        self, record: StepRecord, persisted: int, delivered: list[int]
+    ) -> tuple[StepCommit, list[NewChild] | None]:
+        """What the step writes, and the subagents it creates."""
         state = record.state
         finish = _FINISHING_MOVES.get(state.stop_reason or "")
         children: list[NewChild] | None = None
@@ -248,31 +318,7 @@ class ChunkRunner:
             wait=wait,
             delivered=delivered or None,
         )
-        async with self.ctx["db_slots"], self.db.connect() as conn:
-            written = await worker_repository.commit_step(conn, step)
-        if written is None:
-            raise LeaseLost
-        effects = self._effects()
-        # The step's rows share its statement's time (now() is the transaction's).
-        step_events = [
-            events.from_log(
-                self.id,
-                StoredLog(log_id, e.level, e.event_type, e.message, e.context, written.created_at),
-                None,
-            )
-            for log_id, e in zip(written.entry_ids, record.logs, strict=True)
-        ]
-        step_events.append(
-            events.step_completed(self.id, written.log_id, written.created_at, step.log_context)
-        )
-        if written.change is None:
-            effects.publish(self.id, self.claim.user_id, *step_events)
-        else:
-            effects.announce(written.change, before=step_events)
-        for child in children or []:
-            effects.enqueue(child.id, 0, child.queue)
-        await effects.run()
-        return len(state.messages), written.status
+        return step, children
 
     async def _fail(self, error_type: str, message: str) -> None:
         error = {"type": error_type, "message": message}

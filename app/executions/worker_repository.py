@@ -27,6 +27,7 @@ from app.executions.transitions import (
     PARK_AT_CLAIM,
     PAUSE_AT_STEP,
     SPAWN,
+    TERMINAL_SQL,
     WAIT,
     WAIT_WITH_DEADLINE,
     Move,
@@ -270,6 +271,49 @@ class StepCommit:
             "wait": encoded(self.wait),
             "delivered": self.delivered,
         }
+
+
+_SUBAGENT_BUDGET = RawStatement.compile(
+    f"""
+    WITH RECURSIVE up AS (
+        SELECT id, parent_id, user_id FROM agent_executions WHERE id = :id
+        UNION ALL
+        SELECT p.id, p.parent_id, p.user_id FROM agent_executions p JOIN up ON p.id = up.parent_id
+    ), root AS (SELECT id, user_id FROM up WHERE parent_id IS NULL),
+    tree AS (
+        SELECT c.id, c.status FROM agent_executions c JOIN root ON c.parent_id = root.id
+        UNION ALL
+        SELECT c.id, c.status FROM agent_executions c JOIN tree ON c.parent_id = tree.id
+    )
+    SELECT root.id AS root_id, u.tier,
+           (SELECT count(*) FROM tree WHERE status NOT IN ({TERMINAL_SQL})) AS unfinished,
+           (SELECT count(*) FROM agent_executions WHERE parent_id = :id) AS children
+    FROM root JOIN users u ON u.id = root.user_id
+    """
+)
+_LOCK_TREE = RawStatement.compile("SELECT pg_advisory_xact_lock(:namespace, hashtext(:root))")
+_TREE_LOCK_NAMESPACE = 7_301
+
+
+@dataclass(frozen=True, slots=True)
+class SubagentBudget:
+    """How many subagents the tree of an execution runs now, and how many it has started."""
+
+    root_id: uuid.UUID
+    tier: str
+    unfinished: int  # unfinished descendants of the root
+    children: int  # children of the execution itself, finished or not
+
+
+async def lock_subagent_budget(conn: AsyncConnection, execution_id: uuid.UUID) -> SubagentBudget:
+    """Lock the execution's tree (until the transaction ends) and count its subagents: two
+    statements, so the count sees every spawn committed before the lock was granted."""
+    first = await _SUBAGENT_BUDGET.fetchrow(conn, {"id": execution_id})
+    await _LOCK_TREE.fetchrow(
+        conn, {"namespace": _TREE_LOCK_NAMESPACE, "root": str(first["root_id"])}
+    )
+    row = await _SUBAGENT_BUDGET.fetchrow(conn, {"id": execution_id})
+    return SubagentBudget(row["root_id"], row["tier"], row["unfinished"], row["children"])
 
 
 @dataclass(frozen=True, slots=True)
