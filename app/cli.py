@@ -18,7 +18,8 @@ from app.undumpable import make_undumpable
 
 DEMO_EMAIL = "demo@localhost"
 # The long-running service processes never start embedded servers: they need configured ones.
-SERVICE_COMMANDS = frozenset({"serve", "worker"})
+# Commands that act on a deployment's data never fall back to the embedded servers.
+SERVICE_COMMANDS = frozenset({"serve", "worker", "prune", "recover-stuck"})
 
 
 def load_settings(*, embedded: bool = False) -> Settings:
@@ -212,13 +213,19 @@ async def _prune(settings: Settings, dry_run: bool) -> None:
 
 
 def _with_stale_after(settings: Settings, seconds: float) -> Settings:
-    worker = settings.worker.model_copy(
-        update={
-            "stale_after": seconds,
-            "heartbeat_interval": min(settings.worker.heartbeat_interval, seconds / 2),
-        }
+    """The settings with ``worker.stale_after`` = ``seconds``, which must leave the workers'
+    heartbeats time to get through (else healthy executions would be taken from them)."""
+    interval = settings.worker.heartbeat_interval
+    if seconds <= 2 * interval:
+        print(
+            f"agents: --stale-after must be more than twice worker.heartbeat_interval "
+            f"({interval:g} s), or healthy executions would be taken from their workers",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    return settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"stale_after": seconds})}
     )
-    return settings.model_copy(update={"worker": worker})
 
 
 async def _recover_stuck(settings: Settings) -> None:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = (
     "webhook_attempts, webhook_deliveries, webhook_subscriptions, schedule_fires, agent_schedules, "
     "webhook_messages, agent_events, agent_signals, agent_logs, "
-    "agent_messages, agent_executions, "
+    "agent_messages, idempotency_keys, agent_executions, "
     "api_tokens, users"
 )
 

@@ -71,12 +71,16 @@ async def test_prune_deletes_only_what_finished_long_enough_ago(
     assert pruned.returncode == 0, pruned.stderr
     logs_deleted = before[old][1] + before[recent][1]
     assert dry.stdout.strip() == (
-        f"would delete {logs_deleted} log rows, 1 executions, 3 workspace directories"
+        f"would delete {logs_deleted} log rows, 1 executions (with their subagents), "
+        "3 workspace directories"
     )
     assert pruned.stdout.strip() == (
-        f"deleted {logs_deleted} log rows, 1 executions, 3 workspace directories"
+        f"deleted {logs_deleted} log rows, 1 executions (with their subagents), "
+        "3 workspace directories"
     )
-    assert again.stdout.strip() == "deleted 0 log rows, 0 executions, 0 workspace directories"
+    assert again.stdout.strip() == (
+        "deleted 0 log rows, 0 executions (with their subagents), 0 workspace directories"
+    )
     assert await counts(sessions, old) == (0, 0, 0)
     assert await counts(sessions, recent) == (1, 0, before[recent][2])  # logs go first
     assert await counts(sessions, fresh) == before[fresh]
@@ -112,11 +116,42 @@ async def test_prune_deletes_subagents_with_their_parent_but_keeps_a_shared_work
     pruned = agents("prune", env=service_env(settings, tmp_path))
 
     assert pruned.returncode == 0, pruned.stderr
-    assert "3 executions, 1 workspace directories" in pruned.stdout
+    # The parent (its child goes with it) and the lone one.
+    assert "2 executions (with their subagents), 1 workspace directories" in pruned.stdout
     assert (await counts(sessions, parent))[0] == 0
     assert (await counts(sessions, child))[0] == 0
     assert (settings.workspace_base / lone).is_dir()
     assert not (settings.workspace_base / parent).exists()
+
+
+async def test_prune_never_deletes_a_subagent_whose_parent_has_not_finished(
+    settings, tmp_path, alice, sessions
+):
+    async with api_client(settings) as http:
+        parent = (await start(http, alice, "steps-3"))["id"]  # pending: unfinished
+        child = (await start(http, alice, "steps-3"))["id"]
+    async with sessions() as session:
+        await session.execute(
+            text("UPDATE agent_executions SET parent_id = :p, depth = 1 WHERE id = :c"),
+            {"p": uuid.UUID(parent), "c": uuid.UUID(child)},
+        )
+        await session.commit()
+    await age(sessions, child, 40, status="completed")
+
+    pruned = agents("prune", env=service_env(settings, tmp_path))
+
+    assert pruned.returncode == 0, pruned.stderr
+    assert (await counts(sessions, child))[0] == 1
+    assert (await counts(sessions, parent))[0] == 1
+
+
+async def test_recover_stuck_refuses_a_stale_after_the_heartbeats_cannot_meet(settings, tmp_path):
+    env = service_env(settings, tmp_path, AGENTS_WORKER__HEARTBEAT_INTERVAL="10")
+
+    result = agents("recover-stuck", "--stale-after", "15", env=env)
+
+    assert result.returncode == 2
+    assert "twice worker.heartbeat_interval" in result.stderr
 
 
 async def test_recover_stuck_runs_the_sweep_once(settings, tmp_path, alice, sessions):

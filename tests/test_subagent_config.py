@@ -314,3 +314,31 @@ async def test_siblings_spawning_at_once_stay_within_the_trees_limit(
     refused = next(m for m, found in zip(middles, leaves, strict=True) if not found)
     assert refused.output is not None
     assert refused.output["response"].startswith("error: subagent limit reached: 4 subagent(s)")
+
+
+async def test_the_tree_lock_is_held_until_the_spawning_step_commits(alice, client, db):
+    """On the worker's autocommit engine the budget check must still run in one transaction,
+    or siblings could both pass it."""
+    from sqlalchemy import text
+
+    from app.db import transaction_connection
+    from app.executions import worker_repository
+
+    created = await start(client, alice, "steps-3")
+    execution_id = uuid.UUID(created["id"])
+    worker_engine = db.execution_options(isolation_level="AUTOCOMMIT")
+    probe = text("SELECT pg_try_advisory_lock(7301, hashtext(:root))")
+    release = text("SELECT pg_advisory_unlock(7301, hashtext(:root))")
+
+    async with transaction_connection(worker_engine) as conn:
+        budget = await worker_repository.lock_subagent_budget(conn, execution_id)
+        async with worker_engine.connect() as other:
+            held_elsewhere = not (await other.execute(probe, {"root": str(execution_id)})).scalar()
+    async with worker_engine.connect() as other:
+        free_after = (await other.execute(probe, {"root": str(execution_id)})).scalar()
+        await other.execute(release, {"root": str(execution_id)})
+
+    assert budget.root_id == execution_id
+    assert (budget.unfinished, budget.children) == (0, 0)
+    assert held_elsewhere
+    assert free_after

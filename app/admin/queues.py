@@ -29,9 +29,10 @@ _STATS = text(
             AS failed_minute,
         count(*) FILTER (WHERE status = 'failed' AND completed_at > now() - interval '1 hour')
             AS failed_hour,
-        avg(extract(epoch FROM started_at - created_at))
+        avg(extract(epoch FROM started_at - coalesce(run_at, created_at)))
             FILTER (WHERE started_at > now() - interval '1 hour') AS wait_mean,
-        percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at))
+        percentile_cont(0.95) WITHIN GROUP (
+            ORDER BY extract(epoch FROM started_at - coalesce(run_at, created_at)))
             FILTER (WHERE started_at > now() - interval '1 hour') AS wait_p95,
         avg(extract(epoch FROM completed_at - started_at))
             FILTER (WHERE completed_at > now() - interval '1 hour') AS run_mean,
@@ -57,14 +58,17 @@ class Seconds(BaseModel):
 
 class QueueStats(BaseModel):
     name: str
-    queued: int = Field(description="Jobs in Redis, due or deferred.")
+    queued: int = Field(
+        description="Jobs in Redis: due, deferred, or running (arq keeps a job in its queue "
+        "until it ends)."
+    )
     oldest_wait_seconds: float | None = Field(description="Age of the oldest due job.")
     running: int
     awaiting: int = Field(description="Executions parked for an answer or an event.")
     started: Counts
     completed: Counts
     failed: Counts
-    wait_seconds: Seconds = Field(description="Created to started, last hour.")
+    wait_seconds: Seconds = Field(description="Due (created, or its run_at) to started, last hour.")
     run_seconds: Seconds = Field(description="Started to finished, last hour.")
 
 

@@ -75,13 +75,14 @@ class SpawnSubagents(Tool):
 
 
 def refuse_subagents(state: AgentState, reason: str) -> None:
-    """Take back the subagents the last step asked for: its ``spawn_subagents`` result becomes
-    ``error: <reason>`` and the run goes on (for the engine, when a limit forbids them)."""
-    for index in range(len(state.messages) - 1, -1, -1):
-        message = state.messages[index]
-        if message.role == "tool" and message.name == SpawnSubagents.name:
+    """Take back the subagents the last step asked for: each of its ``spawn_subagents`` results
+    becomes ``error: <reason>`` and the run goes on (for the engine, when a limit forbids
+    them)."""
+    asked = next((m for m in reversed(state.messages) if m.role == "assistant"), None)
+    calls = {c.id for c in asked.tool_calls if c.name == SpawnSubagents.name} if asked else set()
+    for index, message in enumerate(state.messages):
+        if message.role == "tool" and message.tool_call_id in calls:
             state.messages[index] = message.model_copy(update={"content": f"error: {reason}"})
-            break
     state.pending_subagents = []
     if state.stop_reason == "awaiting_subagents":
         state.stop_reason = None

@@ -1,8 +1,9 @@
 """Retention: what finished executions leave behind is deleted after a while.
 
 * log rows of executions that ended more than ``retention.logs_days`` ago;
-* executions (their messages, logs, signals and webhook subscriptions go with them) that ended
-  more than ``retention.executions_days`` ago, subagents before their parents;
+* executions started over the API that ended more than ``retention.executions_days`` ago, once
+  every subagent below them has finished, with those subagents and everything they recorded
+  (messages, logs, signals, webhook subscriptions);
 * workspace directories of executions that ended more than ``workspace.cleanup_after_days``
   ago, or that no longer exist.
 
@@ -33,10 +34,19 @@ _OLD_LOGS = f"""
     SELECT l.id FROM agent_executions e JOIN agent_logs l ON l.execution_id = e.id
     WHERE e.completed_at < :cutoff AND e.status IN ({TERMINAL_SQL})
 """
+# Whole trees: an execution started over the API that ended long enough ago, with every
+# subagent below it finished (the cascade deletes them with it). A subagent is never deleted
+# on its own: its parent still lists it, and counts it against its limits.
 _OLD_EXECUTIONS = f"""
     SELECT e.id FROM agent_executions e
-    WHERE e.completed_at < :cutoff AND e.status IN ({TERMINAL_SQL})
-      AND NOT EXISTS (SELECT 1 FROM agent_executions c WHERE c.parent_id = e.id)
+    WHERE e.parent_id IS NULL AND e.completed_at < :cutoff AND e.status IN ({TERMINAL_SQL})
+      AND NOT EXISTS (
+          WITH RECURSIVE tree AS (
+              SELECT c.id, c.status FROM agent_executions c WHERE c.parent_id = e.id
+              UNION ALL
+              SELECT c.id, c.status FROM agent_executions c JOIN tree ON c.parent_id = tree.id
+          )
+          SELECT 1 FROM tree WHERE tree.status NOT IN ({TERMINAL_SQL}))
 """
 _COUNT_LOGS = text(f"SELECT count(*) FROM ({_OLD_LOGS}) old")
 # Log rows are deleted execution by execution, walking the old executions in completion order
@@ -58,14 +68,7 @@ _DELETE_LOGS_OF = text(
     """
 ).bindparams(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
 _EXECUTIONS_PER_PASS = 200
-# Subagents first: a parent is deleted once it has no children left (so never a child that
-# has not finished: a parent ends only after its descendants did).
-_COUNT_EXECUTIONS = text(
-    f"""
-    SELECT count(*) FROM agent_executions e
-    WHERE e.completed_at < :cutoff AND e.status IN ({TERMINAL_SQL})
-    """
-)
+_COUNT_EXECUTIONS = text(f"SELECT count(*) FROM ({_OLD_EXECUTIONS}) old")
 _DELETE_EXECUTIONS = text(
     f"DELETE FROM agent_executions WHERE id IN ({_OLD_EXECUTIONS} LIMIT :batch)"
 )
@@ -91,8 +94,8 @@ class PruneReport:
     def summary(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
         return (
-            f"{verb} {self.logs} log rows, {self.executions} executions, "
-            f"{self.workspaces} workspace directories"
+            f"{verb} {self.logs} log rows, {self.executions} executions (with their "
+            f"subagents), {self.workspaces} workspace directories"
         )
 
 
@@ -155,8 +158,8 @@ async def _delete_old_logs(db: AsyncEngine, cutoff: datetime, batch: int) -> int
 async def _delete_in_batches(
     db: AsyncEngine, statement: TextClause, cutoff: datetime, batch: int
 ) -> int:
-    """Run ``statement`` until it deletes nothing (a parent is deleted in the pass after its
-    last children); how many rows it deleted."""
+    """Run ``statement`` until it deletes nothing; how many rows it deleted (not counting what
+    the cascade took with them)."""
     deleted = 0
     while True:
         async with db.begin() as conn:

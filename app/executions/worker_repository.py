@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import bindparam, text
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db import RawStatement, json_serializer
@@ -291,8 +293,27 @@ _SUBAGENT_BUDGET = RawStatement.compile(
     FROM root JOIN users u ON u.id = root.user_id
     """
 )
-_LOCK_TREE = RawStatement.compile("SELECT pg_advisory_xact_lock(:namespace, hashtext(:root))")
+# Through SQLAlchemy, not a raw statement: its first statement is what makes the connection
+# send BEGIN (raw statements on an autocommit connection would each commit on their own).
+_LOCK_TREE = text("SELECT pg_advisory_xact_lock(:namespace, hashtext(:root))")
 _TREE_LOCK_NAMESPACE = 7_301
+
+
+_ROOT = text(
+    """
+    WITH RECURSIVE up AS (
+        SELECT id, parent_id FROM agent_executions WHERE id = :id
+        UNION ALL
+        SELECT p.id, p.parent_id FROM agent_executions p JOIN up ON p.id = up.parent_id
+    )
+    SELECT id FROM up WHERE parent_id IS NULL
+    """
+).bindparams(bindparam("id", type_=UUID(as_uuid=True)))
+
+
+async def _root_of(conn: AsyncConnection, execution_id: uuid.UUID) -> uuid.UUID:
+    root: uuid.UUID = (await conn.execute(_ROOT, {"id": execution_id})).scalar_one()
+    return root
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,11 +327,12 @@ class SubagentBudget:
 
 
 async def lock_subagent_budget(conn: AsyncConnection, execution_id: uuid.UUID) -> SubagentBudget:
-    """Lock the execution's tree (until the transaction ends) and count its subagents: two
-    statements, so the count sees every spawn committed before the lock was granted."""
-    first = await _SUBAGENT_BUDGET.fetchrow(conn, {"id": execution_id})
-    await _LOCK_TREE.fetchrow(
-        conn, {"namespace": _TREE_LOCK_NAMESPACE, "root": str(first["root_id"])}
+    """Lock the execution's tree until the transaction ``conn`` is in ends, and count its
+    subagents: the count is a statement of its own after the lock, so it sees every spawn
+    committed before the lock was granted."""
+    await conn.execute(
+        _LOCK_TREE,
+        {"namespace": _TREE_LOCK_NAMESPACE, "root": str(await _root_of(conn, execution_id))},
     )
     row = await _SUBAGENT_BUDGET.fetchrow(conn, {"id": execution_id})
     return SubagentBudget(row["root_id"], row["tier"], row["unfinished"], row["children"])
