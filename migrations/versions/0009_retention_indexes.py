@@ -15,22 +15,32 @@ down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+_INDEXES = {
+    "ix_agent_executions_completed_at": ("completed_at", "completed_at IS NOT NULL"),
+    "ix_agent_executions_workspace_id": ("workspace_id", "workspace_id IS NOT NULL"),
+}
+
 
 def upgrade() -> None:
-    op.create_index(
-        "ix_agent_executions_completed_at",
-        "agent_executions",
-        ["completed_at"],
-        postgresql_where=sa.text("completed_at IS NOT NULL"),
-    )
-    op.create_index(
-        "ix_agent_executions_workspace_id",
-        "agent_executions",
-        ["workspace_id"],
-        postgresql_where=sa.text("workspace_id IS NOT NULL"),
-    )
+    # Built without locking writes, so workers keep committing steps while they build.
+    with op.get_context().autocommit_block():
+        for name, (column, where) in _INDEXES.items():
+            op.create_index(
+                name,
+                "agent_executions",
+                [column],
+                postgresql_where=sa.text(where),
+                postgresql_concurrently=True,
+                if_not_exists=True,
+            )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_agent_executions_workspace_id", table_name="agent_executions")
-    op.drop_index("ix_agent_executions_completed_at", table_name="agent_executions")
+    with op.get_context().autocommit_block():
+        for name in reversed(_INDEXES):
+            op.drop_index(
+                name,
+                table_name="agent_executions",
+                postgresql_concurrently=True,
+                if_exists=True,
+            )
