@@ -39,6 +39,7 @@ from bench.fake_provider import delay_for
 from bench.harness import (
     BENCH_QUEUE,
     Children,
+    asyncpg_dsn,
     free_port,
     hide_password,
     launch_service,
@@ -223,7 +224,7 @@ async def run(options: Options, children: Children, workspace: Path) -> dict[str
     service = await launch_service(children, config)
     database_url = os.environ["DATABASE_URL"]
     print(f"database {hide_password(database_url)}", flush=True)
-    db = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    db = await asyncpg.connect(asyncpg_dsn(database_url))
     pg_port = int(await db.fetchval("SHOW port"))
     ids: list[str] = []
     post_errors = 0

@@ -32,7 +32,13 @@ import httpx
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
 from bench.baselines import run_baseline
-from bench.harness import Children, prepare_servers, run_benchmark, start_service
+from bench.harness import (
+    Children,
+    asyncpg_dsn,
+    prepare_servers,
+    run_benchmark,
+    start_service,
+)
 from bench.workload import AGENT_TYPE, bench_toml
 
 
@@ -48,10 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
 async def hand_written(
     children: Children, database_url: str, redis_url: str, options: argparse.Namespace, tuning: Any
 ) -> dict[str, Any]:
@@ -59,7 +61,7 @@ async def hand_written(
 
     from bench.raw_worker import SCHEMA
 
-    db = await asyncpg.connect(plain(database_url))
+    db = await asyncpg.connect(asyncpg_dsn(database_url))
     try:
         await db.execute(SCHEMA)
         await db.execute("TRUNCATE raw_executions, raw_logs")
@@ -79,7 +81,7 @@ async def hand_written(
         await pool.aclose()
     argv = [
         sys.executable, "-m", "bench.raw_worker", "--redis-url", redis_url,
-        "--database-url", plain(database_url), "--steps", str(options.steps),
+        "--database-url", asyncpg_dsn(database_url), "--steps", str(options.steps),
         "--poll-delay", str(tuning.poll_delay), "--max-jobs", str(tuning.max_jobs),
         "--pool-size", str(tuning.db_pool_size),
     ]  # fmt: skip
@@ -100,7 +102,7 @@ async def service_drain(
     os.environ["AGENTS_CONFIG_FILE"] = str(config)
     service = await start_service(children, servers)
     children.stop("worker")
-    db = await asyncpg.connect(plain(servers.database_url))
+    db = await asyncpg.connect(asyncpg_dsn(servers.database_url))
     try:
         headers = {"Authorization": f"Bearer {service.token}"}
         async with httpx.AsyncClient(

@@ -67,6 +67,11 @@ def with_redis_db(url: str, database: int) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query), parts.fragment))
 
 
+def asyncpg_dsn(url: str) -> str:
+    """``url`` as asyncpg itself takes it (without SQLAlchemy's ``+asyncpg`` driver name)."""
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
 def hide_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:

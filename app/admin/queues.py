@@ -4,6 +4,7 @@ the live workers. One statement for PostgreSQL and one pipeline for Redis, howev
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -92,9 +93,20 @@ def _seconds(value: Any) -> float | None:
     return None if value is None else round(float(value), 3)
 
 
+def _counts(stats: Mapping[str, Any], event: str) -> Counts:
+    """``event``'s counts of a queue's row (zeros for a queue with no recent executions)."""
+    return Counts(
+        last_minute=stats.get(f"{event}_minute", 0), last_hour=stats.get(f"{event}_hour", 0)
+    )
+
+
+def _times(stats: Mapping[str, Any], what: str) -> Seconds:
+    return Seconds(mean=_seconds(stats.get(f"{what}_mean")), p95=_seconds(stats.get(f"{what}_p95")))
+
+
 async def queues_view(session: AsyncSession, redis: ArqRedis, settings: Settings) -> QueuesView:
     names = settings.queue_names()
-    rows = {row.queue: row for row in (await session.execute(_STATS)).all()}
+    rows = {row.queue: dict(row._mapping) for row in (await session.execute(_STATS)).all()}
     names += sorted(set(rows) - set(names))
     now_ms = time.time() * 1000
     async with redis.pipeline(transaction=False) as pipe:
@@ -110,34 +122,19 @@ async def queues_view(session: AsyncSession, redis: ArqRedis, settings: Settings
         oldest_wait = None
         if oldest and oldest[0][1] <= now_ms:
             oldest_wait = round((now_ms - oldest[0][1]) / 1000, 3)
-        row = rows.get(name)
+        stats = rows.get(name, {})
         queues.append(
             QueueStats(
                 name=name,
                 queued=int(queued),
                 oldest_wait_seconds=oldest_wait,
-                running=row.running if row else 0,
-                awaiting=row.awaiting if row else 0,
-                started=Counts(
-                    last_minute=row.started_minute if row else 0,
-                    last_hour=row.started_hour if row else 0,
-                ),
-                completed=Counts(
-                    last_minute=row.completed_minute if row else 0,
-                    last_hour=row.completed_hour if row else 0,
-                ),
-                failed=Counts(
-                    last_minute=row.failed_minute if row else 0,
-                    last_hour=row.failed_hour if row else 0,
-                ),
-                wait_seconds=Seconds(
-                    mean=_seconds(row.wait_mean if row else None),
-                    p95=_seconds(row.wait_p95 if row else None),
-                ),
-                run_seconds=Seconds(
-                    mean=_seconds(row.run_mean if row else None),
-                    p95=_seconds(row.run_p95 if row else None),
-                ),
+                running=stats.get("running", 0),
+                awaiting=stats.get("awaiting", 0),
+                started=_counts(stats, "started"),
+                completed=_counts(stats, "completed"),
+                failed=_counts(stats, "failed"),
+                wait_seconds=_times(stats, "wait"),
+                run_seconds=_times(stats, "run"),
             )
         )
     return QueuesView(queues=queues, workers=workers)

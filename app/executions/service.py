@@ -46,12 +46,13 @@ async def replayed_start(
 ) -> dict[str, Any] | None:
     """The response of the start that ``key`` was first sent with (the same ``body``), or None:
     the key is now taken for this request. A key sent again with another body is refused."""
+    fingerprint = request_fingerprint(body)
     stored = await repository.claim_idempotency_key(
-        session, user.id, key, request_fingerprint(body), IDEMPOTENCY_KEEP_SECONDS
+        session, user.id, key, fingerprint, IDEMPOTENCY_KEEP_SECONDS
     )
     if stored is None:
         return None
-    if stored.request_hash != request_fingerprint(body):
+    if stored.request_hash != fingerprint:
         raise IdempotencyKeyReused(
             f"The Idempotency-Key {key!r} was used in the last 24 hours with another request."
         )

@@ -275,22 +275,19 @@ class StepCommit:
         }
 
 
+# The tree below root :root (found once, by _ROOT) and the children of execution :id.
 _SUBAGENT_BUDGET = RawStatement.compile(
     f"""
-    WITH RECURSIVE up AS (
-        SELECT id, parent_id, user_id FROM agent_executions WHERE id = :id
-        UNION ALL
-        SELECT p.id, p.parent_id, p.user_id FROM agent_executions p JOIN up ON p.id = up.parent_id
-    ), root AS (SELECT id, user_id FROM up WHERE parent_id IS NULL),
-    tree AS (
-        SELECT c.id, c.status FROM agent_executions c JOIN root ON c.parent_id = root.id
+    WITH RECURSIVE tree AS (
+        SELECT c.id, c.status FROM agent_executions c WHERE c.parent_id = :root
         UNION ALL
         SELECT c.id, c.status FROM agent_executions c JOIN tree ON c.parent_id = tree.id
     )
-    SELECT root.id AS root_id, u.tier,
+    SELECT u.tier,
            (SELECT count(*) FROM tree WHERE status NOT IN ({TERMINAL_SQL})) AS unfinished,
            (SELECT count(*) FROM agent_executions WHERE parent_id = :id) AS children
-    FROM root JOIN users u ON u.id = root.user_id
+    FROM agent_executions root JOIN users u ON u.id = root.user_id
+    WHERE root.id = :root
     """
 )
 # Through SQLAlchemy, not a raw statement: its first statement is what makes the connection
@@ -330,12 +327,10 @@ async def lock_subagent_budget(conn: AsyncConnection, execution_id: uuid.UUID) -
     """Lock the execution's tree until the transaction ``conn`` is in ends, and count its
     subagents: the count is a statement of its own after the lock, so it sees every spawn
     committed before the lock was granted."""
-    await conn.execute(
-        _LOCK_TREE,
-        {"namespace": _TREE_LOCK_NAMESPACE, "root": str(await _root_of(conn, execution_id))},
-    )
-    row = await _SUBAGENT_BUDGET.fetchrow(conn, {"id": execution_id})
-    return SubagentBudget(row["root_id"], row["tier"], row["unfinished"], row["children"])
+    root = await _root_of(conn, execution_id)
+    await conn.execute(_LOCK_TREE, {"namespace": _TREE_LOCK_NAMESPACE, "root": str(root)})
+    row = await _SUBAGENT_BUDGET.fetchrow(conn, {"id": execution_id, "root": root})
+    return SubagentBudget(root, row["tier"], row["unfinished"], row["children"])
 
 
 @dataclass(frozen=True, slots=True)
