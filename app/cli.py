@@ -168,10 +168,43 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
     await server.serve()
 
 
-async def _work(settings: Settings, queues: list[str]) -> None:
+async def _work(settings: Settings, args: argparse.Namespace) -> None:
+    """One worker process on ``--queue``s; without them, the supervised pools. A process that
+    stopped over its memory cap exits with EXIT_RECYCLED, so whoever runs it starts another."""
     from workers.runner import WorkerGroup
+    from workers.supervisor import EXIT_RECYCLED, NoPools, PoolPlan, Supervisor, plan_pools
 
-    await WorkerGroup(settings, queues).run()
+    grace = settings.worker.drain_grace
+    if args.queue and args.processes == 1:
+        group = WorkerGroup(
+            settings,
+            args.queue,
+            max_jobs=args.max_jobs,
+            job_timeout=args.timeout,
+            max_memory_mb=args.max_memory_mb,
+        )
+        await group.run()
+        if group.recycled:
+            sys.exit(EXIT_RECYCLED)
+        return
+    if args.queue:
+        pools = [
+            PoolPlan(
+                "command-line",
+                tuple(args.queue),
+                args.processes,
+                args.max_jobs,
+                args.timeout,
+                args.max_memory_mb,
+            )
+        ]
+    else:
+        try:
+            pools = plan_pools(settings)
+        except NoPools as exc:
+            print(f"agents: {exc}", file=sys.stderr)
+            sys.exit(2)
+    await Supervisor(pools, grace=grace).run()
 
 
 async def _dev(settings: Settings, host: str, port: int) -> None:
@@ -247,23 +280,11 @@ async def _recover_stuck(settings: Settings) -> None:
     print(", ".join(f"{name} {count}" for name, count in asdict(report).items()))
 
 
-def _run_processes(argv: list[str], processes: int) -> None:
-    """Run ``processes`` copies of a worker command and stop them all together."""
-    import signal
-    import subprocess
-
-    children = [
-        subprocess.Popen([sys.executable, "-m", "app.cli", *argv]) for _ in range(processes)
-    ]
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            child.send_signal(signum)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    codes = [child.wait() for child in children]
-    sys.exit(max(codes))
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -275,9 +296,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve = commands.add_parser("serve", help="run the API")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    worker = commands.add_parser("worker", help="run workers")
-    worker.add_argument("--queue", action="append", help="queue to serve (repeatable; default all)")
-    worker.add_argument("--processes", type=int, default=1)
+    worker = commands.add_parser(
+        "worker", help="run the supervised worker pools, or one worker process on --queue"
+    )
+    worker.add_argument(
+        "--queue",
+        action="append",
+        help="serve this queue in one process (repeatable); default: the [worker.pools]",
+    )
+    worker.add_argument(
+        "--processes", type=_positive_int, default=1, help="with --queue: supervise N processes"
+    )
+    worker.add_argument(
+        "--max-jobs", type=_positive_int, help="executions in flight per queue (worker.max_jobs)"
+    )
+    worker.add_argument("--timeout", type=float, help="seconds one job (one chunk) may run")
+    worker.add_argument(
+        "--max-memory-mb", type=_positive_int, help="hand over and exit past this RSS"
+    )
     commands.add_parser("migrate", help="apply database migrations")
     user = commands.add_parser("create-user", help="create a user")
     user.add_argument("--email", required=True)
@@ -301,9 +337,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     settings = load_settings(embedded=args.command not in SERVICE_COMMANDS)
-    if args.command == "worker" and args.processes > 1:
-        queue_args = [arg for q in (args.queue or []) for arg in ("--queue", q)]
-        _run_processes(["worker", *queue_args], args.processes)
     try:
         _uvloop_install()
         if args.command == "serve":
@@ -317,14 +350,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def _command(args: argparse.Namespace, settings: Settings) -> None:
-    """Run the chosen command (all but ``worker --processes N``)."""
+    """Run the chosen command."""
     match args.command:
         case "dev":
             await _dev(settings, args.host, args.port)
         case "serve":
             await _serve(settings, args.host, args.port)
         case "worker":
-            await _work(settings, args.queue or settings.queue_names())
+            await _work(settings, args)
         case "migrate":
             await migrate(settings)
             print("database is at the latest revision")

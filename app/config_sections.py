@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     field_validator,
@@ -171,6 +173,39 @@ class WorkspaceSettings(_Section):
     )
 
 
+def _scaled_processes(shipped: int) -> int:
+    """A shipped process count scaled to this machine: the full count from 10 CPUs up, else
+    in proportion, at least one (each process keeps many executions in flight at once)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(shipped, shipped * (cpus or 1) // 10))
+
+
+class WorkerPool(_Section):
+    """Processes that ``agents worker`` keeps running for some queues.
+
+    ``queues`` defaults to the pool's name; ``processes = 0`` turns a pool off; ``max_jobs``
+    defaults to ``worker.max_jobs``; ``timeout`` (seconds) bounds one job, i.e. one chunk of
+    an execution (default: the longest agent timeout + 60); a process whose resident memory
+    passes ``max_memory_mb`` hands its executions over and is replaced."""
+
+    queues: list[str] | None = None
+    processes: NonNegativeInt = 1
+    max_jobs: PositiveInt | None = None
+    timeout: PositiveFloat | None = None
+    max_memory_mb: PositiveInt | None = None
+
+
+def _default_pools() -> dict[str, dict[str, Any]]:
+    """The three supervised queues of the original design: 10 / 5 / 5 processes (scaled to the
+    machine), 600 / 1,800 / 600 s job timeouts and 512 / 1,024 / 512 MB memory caps."""
+    shipped = {"agents-default": (10, 600, 512), "agents-long": (5, 1800, 1024)}
+    shipped["agents-priority"] = (5, 600, 512)
+    return {
+        name: {"processes": _scaled_processes(processes), "timeout": timeout, "max_memory_mb": mb}
+        for name, (processes, timeout, mb) in shipped.items()
+    }
+
+
 class WorkerTuning(_Section):
     """How workers poll, heartbeat and recover; defaults favour low start latency.
 
@@ -188,3 +223,25 @@ class WorkerTuning(_Section):
     stale_after: PositiveFloat = 60
     max_recoveries: int = Field(default=3, ge=0)
     sweep_interval: PositiveInt = 30
+    drain_grace: PositiveFloat = Field(
+        default=30,
+        description="seconds a stopping worker waits for its running chunks to reach a step "
+        "boundary before it hands the rest over from their last committed step",
+    )
+    pools: dict[str, WorkerPool] = Field(default_factory=dict, validate_default=True)
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _add_to_default_pools(cls, value: Any) -> Any:
+        """Configuring one pool, or one field of it, keeps the other shipped pools."""
+        if not isinstance(value, dict):
+            return value
+        merged = _default_pools()
+        for name, override in value.items():
+            if isinstance(override, BaseModel):
+                override = override.model_dump(exclude_unset=True)
+            if isinstance(override, dict):
+                merged[name] = {**merged.get(name, {}), **override}
+            else:
+                merged[name] = override
+        return merged

@@ -38,6 +38,7 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 from bench.fake_provider import delay_for
 from bench.harness import (
     BENCH_QUEUE,
+    ONE_WORKER,
     Children,
     asyncpg_dsn,
     free_port,
@@ -235,7 +236,7 @@ async def run(options: Options, children: Children, workspace: Path) -> dict[str
         began = time.perf_counter()
         ids, post_errors = await post_all(service.base_url, service.token, options)
         posted = time.perf_counter() - began
-        children.start("worker", [sys.executable, "-m", "app.cli", "worker"])
+        children.start("worker", ONE_WORKER)
     worker_pid = children.processes["worker"].pid
     pids = {"worker": worker_pid, "api": children.processes["api"].pid}
     samples: list[Sample] = []

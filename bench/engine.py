@@ -40,6 +40,7 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 
 from bench.baselines import run_baseline
 from bench.harness import (
+    ONE_WORKER,
     RESULTS_DIR,
     ROOT,
     Children,
@@ -175,7 +176,7 @@ async def run(options: Options, children: Children, stamp: str) -> dict[str, Any
         result["worker_profile_session"] = str(profile.relative_to(ROOT))
         worker_argv = [
             sys.executable, "-m", "pyinstrument", "-r", "pyisession", "-o", str(profile),
-            "-m", "app.cli", "worker",
+            *ONE_WORKER[1:],
         ]  # fmt: skip
     service = await start_service(children, servers, worker_argv)
     redis = service.redis

@@ -39,6 +39,12 @@ BENCH_REDIS_DB = 15
 BENCH_QUEUE = "agents-default"
 TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 
+# One worker process on every standard queue (plain ``agents worker`` runs the supervised pools).
+_QUEUES = ("agents-default", "agents-long", "agents-priority")
+ONE_WORKER = [sys.executable, "-m", "app.cli", "worker"] + [
+    arg for queue in _QUEUES for arg in ("--queue", queue)
+]
+
 
 # --- configuration ------------------------------------------------------------------------------
 
@@ -281,7 +287,7 @@ async def start_service(
         user_id, token = await create_account(servers.database_url)
         port = free_port()
         children.start("api", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)])
-        children.start("worker", worker_argv or [sys.executable, "-m", "app.cli", "worker"])
+        children.start("worker", worker_argv or ONE_WORKER)
         base_url = f"http://127.0.0.1:{port}"
         await wait_ready(children, base_url, redis)
     except BaseException:

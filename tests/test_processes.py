@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import httpx
 import psutil
@@ -20,22 +19,7 @@ from app.executions.recovery import sweep
 from tests.conftest import scripted_type
 from tests.fixtures.api import api_client
 from tests.fixtures.executions import start, step_numbers
-from tests.fixtures.processes import agents, service_env
-
-
-def slow_type_config(tmp_path: Path, *, steps: int, delay: float) -> Path:
-    """A TOML file defining ``crashy``, as ``scripted_type(steps, delay)`` does in process."""
-    turns = [
-        '[[agent_types.crashy.script.tool_calls]]\nname = "list_files"\n' for _ in range(steps - 1)
-    ] + ['content = "done"\n']
-    config = tmp_path / "agents.toml"
-    config.write_text(
-        '[agent_types.crashy]\nprovider = "scripted"\napi_key_env = ""\ncapabilities = ["files"]\n'
-        + "".join(
-            f"[[agent_types.crashy.script]]\ndelay_seconds = {delay}\n{turn}" for turn in turns
-        )
-    )
-    return config
+from tests.fixtures.processes import agents, one_worker, service_env, slow_type_config
 
 
 async def test_create_user_and_token_commands(settings, tmp_path, client, clean_state):
@@ -78,7 +62,7 @@ async def test_work_survives_a_worker_killed_mid_step(
     )
     async with api_client(crash_settings) as http:
         created = await start(http, alice, "crashy")
-    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", *one_worker(settings)], env=env)
     try:
         for _ in range(300):
             if len(await step_numbers(sessions, created["id"])) >= 2:
@@ -171,7 +155,7 @@ async def test_stopping_a_worker_hands_its_execution_over_at_once(
     own_settings = make_settings(agent_types={"crashy": scripted_type(4, delay=0.3)})
     async with api_client(own_settings) as http:
         created = await start(http, alice, "crashy")
-    worker = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env)
+    worker = subprocess.Popen([sys.executable, "-m", "app.cli", *one_worker(settings)], env=env)
     try:
         for _ in range(300):
             if len(await step_numbers(sessions, created["id"])) >= 1:

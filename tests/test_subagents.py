@@ -13,7 +13,7 @@ from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
 from app.executions.models import Execution, ExecutionLog
 from tests.fixtures.api import api_client, run_to_end
 from tests.fixtures.executions import load, start
-from tests.fixtures.processes import service_env
+from tests.fixtures.processes import one_worker, service_env
 
 PARENT_TOML = """
 [agent_types.lead]
@@ -89,7 +89,8 @@ async def test_three_children_run_in_parallel_on_two_workers_then_the_parent_syn
     async with api_client(own) as http:
         created = await start(http, alice, "lead")
         workers = [
-            subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env) for _ in range(2)
+            subprocess.Popen([sys.executable, "-m", "app.cli", *one_worker(own)], env=env)
+            for _ in range(2)
         ]
         try:
             for _ in range(1000):

@@ -29,7 +29,7 @@ from app.errors import PROBLEM_CONTENT_TYPE
 from app.webhooks.signatures import sign_github, sign_standard
 from tests.fixtures.api import api_client
 from tests.fixtures.executions import start
-from tests.fixtures.processes import service_env
+from tests.fixtures.processes import one_worker, service_env
 from tests.fixtures.users import Account, make_account
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -539,7 +539,7 @@ async def test_webhook_wakes_a_wait_that_survived_losing_redis_in_real_processes
 
     try:
         server = spawn("serve", "--port", str(port))
-        worker = spawn("worker")
+        worker = spawn(*one_worker(settings))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
             for _ in range(300):
                 try:
@@ -563,7 +563,7 @@ async def test_webhook_wakes_a_wait_that_survived_losing_redis_in_real_processes
             # only PostgreSQL knows the execution waits.
             stop(worker)
             await redis.flushdb()
-            spawn("worker")
+            spawn(*one_worker(settings))
             body = encode(EVENT)
             woke = await http.post(
                 "/webhooks/ci", content=body, headers=standard_headers(OLD_SECRET, body)

@@ -56,6 +56,7 @@ async def open_context(settings: Settings) -> dict[str, Any]:
         "sandbox": sandbox,
         "heartbeat": heartbeat,
         "db_slots": asyncio.Semaphore(tuning.db_pool_size),
+        "draining": asyncio.Event(),
         "heartbeat_task": asyncio.create_task(heartbeat.run()),
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.executions.interrupts import listen_for_stops
-from app.executions.liveness import describe_worker, forget_worker, record_worker
+from app.executions.liveness import describe_worker, forget_worker, record_worker, rss_mb
 from app.redis import arq_pool, job_deserializer, job_serializer
 from app.schedules.service import sync_configured_schedules
 from workers.context import close_context, open_context
@@ -28,26 +29,48 @@ log = logging.getLogger(__name__)
 class WorkerGroup:
     """The arq workers of one process; ``run`` returns when they stop (signal, burst or stop()).
 
+    Stopping drains: the workers take no new job, running chunks end at their next step
+    boundary and re-enqueue themselves, and what still runs after ``worker.drain_grace``
+    seconds is cancelled and handed over from its last committed step.
+
     ``burst`` stops the workers once no job is running and none is due: jobs deferred to later
     (the timers of waits) are left for later, unlike arq's own burst mode, which waits for them.
+    ``max_memory_mb``: past it, the process stops as above and ``recycled`` is set, so its
+    supervisor starts a fresh one.
     """
 
-    def __init__(self, settings: Settings, queues: list[str], *, burst: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        queues: list[str],
+        *,
+        burst: bool = False,
+        max_jobs: int | None = None,
+        job_timeout: float | None = None,
+        max_memory_mb: int | None = None,
+    ) -> None:
         self.settings = settings
         self.queues = queues
         self.burst = burst
+        self.max_jobs = max_jobs or settings.worker.max_jobs
+        self.job_timeout = job_timeout or settings.job_timeout()
+        self.max_memory_mb = max_memory_mb
+        self.recycled = False
         self.workers: list[Worker] = []
+        self._draining: asyncio.Event | None = None
+        self._stopping = False
 
     async def run(self, *, handle_signals: bool = True) -> None:
         assert self.settings.redis_url, "redis_url must be resolved before workers start"
         ctx = await open_context(self.settings)
+        self._draining = ctx["draining"]
         await self._sync_schedules(ctx["db"])
         redis_settings = RedisSettings.from_dsn(self.settings.redis_url)
         tuning = self.settings.worker
         for index, queue in enumerate(self.queues):
             self.workers.append(
                 Worker(
-                    functions(self.settings.job_timeout()),
+                    functions(self.job_timeout),
                     queue_name=queue,
                     # One cron sweep per process is enough.
                     cron_jobs=cron_jobs(tuning.sweep_interval)
@@ -55,15 +78,19 @@ class WorkerGroup:
                     else None,
                     redis_settings=redis_settings,
                     handle_signals=False,
-                    max_jobs=tuning.max_jobs,
+                    max_jobs=self.max_jobs,
                     poll_delay=tuning.poll_delay,
-                    job_timeout=self.settings.job_timeout(),
+                    job_timeout=self.job_timeout,
+                    job_completion_wait=math.ceil(tuning.drain_grace),
                     job_serializer=job_serializer,
                     job_deserializer=job_deserializer,
                     ctx=dict(ctx),
                     log_results=False,
                 )
             )
+        if self._stopping:  # stopped while starting
+            self._stopping = False
+            self.stop()
         listener = asyncio.create_task(listen_for_stops(self.settings.redis_url, ctx["running"]))
         alive = asyncio.create_task(self._announce_alive(ctx))
         if handle_signals:
@@ -73,7 +100,8 @@ class WorkerGroup:
         log.info("workers started on queues %s", ", ".join(self.queues))
         idle_watch = asyncio.create_task(self._stop_when_idle()) if self.burst else None
         try:
-            await asyncio.gather(*(w.async_run() for w in self.workers), return_exceptions=False)
+            # Every queue's worker drains to its end: the first one done must not cut the rest.
+            await asyncio.gather(*(w.async_run() for w in self.workers), return_exceptions=True)
         except asyncio.CancelledError:
             pass
         finally:
@@ -101,6 +129,7 @@ class WorkerGroup:
                         ),
                     )
                 await asyncio.sleep(self.settings.worker.heartbeat_interval)
+                self._recycle_if_over(rss_mb())
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(forget_worker(redis, ctx["worker_id"]))
@@ -131,6 +160,24 @@ class WorkerGroup:
             await redis.aclose()
         self.stop()
 
+    def _recycle_if_over(self, used_mb: float) -> None:
+        if self.max_memory_mb is None or self.recycled or used_mb <= self.max_memory_mb:
+            return
+        log.warning(
+            "worker uses %.0f MB, over its max_memory_mb of %d: handing its executions over "
+            "and stopping so a fresh process takes its place",
+            used_mb,
+            self.max_memory_mb,
+        )
+        self.recycled = True
+        self.stop()
+
     def stop(self) -> None:
+        """Drain (see the class): safe to call more than once."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._draining is not None:
+            self._draining.set()
         for worker in self.workers:
-            worker.handle_sig(signal.SIGTERM)
+            worker.handle_sig_wait_for_completion(signal.SIGTERM)

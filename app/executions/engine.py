@@ -81,6 +81,9 @@ class WorkerContext(TypedDict):
     heartbeat: Heartbeat
     # One per pooled connection: steps queue here, cheaply, rather than in the pool's checkout.
     db_slots: asyncio.Semaphore
+    # Set when the process stops (a signal, or over its memory cap): chunks end at their next
+    # step boundary and are re-enqueued for another process.
+    draining: asyncio.Event
 
 
 class LeaseLost(Exception):
@@ -190,7 +193,7 @@ class ChunkRunner:
                 delivered = []
                 if status is not Status.RUNNING:
                     return  # completed, or parked (paused, awaiting input or subagents)
-                if steps >= self.settings.limits.chunk_size:
+                if steps >= self.settings.limits.chunk_size or self.ctx["draining"].is_set():
                     await self._enqueue_next_chunk()
                     return
         finally:

@@ -26,19 +26,20 @@ def describe_worker(
         "pid": os.getpid(),
         "queues": queues,
         "running": running,
-        "rss_mb": round(_rss_bytes() / 2**20, 1),
+        "rss_mb": rss_mb(),
         "started_at": started_at,
         "seen_at": time.time(),
     }
 
 
-def _rss_bytes() -> int:
-    """This process's resident memory now (Linux), else its peak."""
+def rss_mb() -> float:
+    """This process's resident memory now (Linux), else its peak, in MiB."""
     try:
         with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return round(rss / 2**20, 1)
 
 
 async def record_worker(redis: Redis, worker: dict[str, Any]) -> None:
