@@ -171,6 +171,7 @@ async def _serve(settings: Settings, host: str, port: int) -> None:
 async def _work(settings: Settings, args: argparse.Namespace) -> None:
     """One worker process on ``--queue``s; without them, the supervised pools. A process that
     stopped over its memory cap exits with EXIT_RECYCLED, so whoever runs it starts another."""
+    from app import metrics
     from workers.runner import WorkerGroup
     from workers.supervisor import EXIT_RECYCLED, NoPools, PoolPlan, Supervisor, plan_pools
 
@@ -204,7 +205,9 @@ async def _work(settings: Settings, args: argparse.Namespace) -> None:
         except NoPools as exc:
             print(f"agents: {exc}", file=sys.stderr)
             sys.exit(2)
-    await Supervisor(pools, grace=grace).run()
+    # Before the children start: they record their metrics in files the supervisor sums.
+    metrics.use_multiprocess_dir()
+    await Supervisor(pools, grace=grace).run(metrics_listen=settings.metrics.worker_listen)
 
 
 async def _dev(settings: Settings, host: str, port: int) -> None:

@@ -34,6 +34,7 @@ from app.agents.spec import AgentTypeSpec
 from app.config_sections import (  # re-exported: the sections belong to the settings
     EventSettings,
     Limits,
+    MetricsSettings,
     OutboundWebhooks,
     Queues,
     Retention,
@@ -55,6 +56,7 @@ __all__ = [
     "SUBAGENT_PREFIX",
     "EventSettings",
     "Limits",
+    "MetricsSettings",
     "OutboundWebhooks",
     "Queues",
     "ScheduleConfig",
@@ -153,6 +155,7 @@ class Settings(BaseSettings):
     streams: StreamLimits = Field(default_factory=StreamLimits)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     retention: Retention = Field(default_factory=Retention)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     workspace: WorkspaceSettings = Field(default_factory=WorkspaceSettings)
     webhooks: dict[str, WebhookEndpoint] = Field(default_factory=dict)
     schedules: dict[str, ScheduleConfig] = Field(default_factory=dict)

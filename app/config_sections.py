@@ -167,6 +167,23 @@ class Retention(_Section):
     logs_days: PositiveFloat = 7
 
 
+class MetricsSettings(_Section):
+    """``GET /metrics`` on the API (Prometheus text format), and where workers serve theirs."""
+
+    enabled: bool = True
+    require_admin: bool = Field(
+        default=True,
+        description="the API's /metrics needs an admin's bearer token; turn off only where the "
+        "API's address is private",
+    )
+    worker_listen: str | None = Field(
+        default=None,
+        pattern=r"^[^\s:]*:[0-9]{1,5}$",
+        description="host:port where `agents worker` serves its processes' metrics, without "
+        "auth (bind it to a private address); unset: not served",
+    )
+
+
 class WorkspaceSettings(_Section):
     cleanup_after_days: PositiveFloat = Field(
         default=7, description="days after its execution ended that a workspace is deleted"

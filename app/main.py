@@ -19,6 +19,8 @@ from app.events.router import router as events_router
 from app.executions.router import router as executions_router
 from app.executions.types_router import router as agent_types_router
 from app.limits_middleware import BodyLimit
+from app.metrics_middleware import RequestMetrics
+from app.metrics_router import router as metrics_router
 from app.outbound.router import router as outbound_router
 from app.redis import arq_pool
 from app.schedules.router import router as schedules_router
@@ -60,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=resolved.max_body_bytes)
+    app.add_middleware(RequestMetrics)
     app.include_router(health.router)
     app.include_router(auth_router)
     app.include_router(tokens_router)
@@ -72,4 +75,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(streams_router)
     app.include_router(dashboard_router)
+    app.include_router(metrics_router)
     return app

@@ -10,8 +10,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.executions.liveness import WORKERS_KEY
@@ -19,7 +21,7 @@ from app.executions.models import Execution
 from tests.conftest import scripted_type
 from tests.fixtures.api import api_client
 from tests.fixtures.executions import start, step_numbers
-from tests.fixtures.processes import agents, service_env, slow_type_config
+from tests.fixtures.processes import agents, free_port, service_env, slow_type_config
 from workers.supervisor import PoolPlan, plan_pools
 
 
@@ -64,11 +66,13 @@ async def test_a_killed_child_comes_back_and_sigterm_drains_every_child(
     config = slow_type_config(
         tmp_path, steps=8, delay=0.3, extra=pools_toml("processes = 2\nmax_jobs = 5")
     )
+    port = free_port()
     env = service_env(
         settings,
         tmp_path,
         AGENTS_CONFIG_FILE=str(config),
         AGENTS_WORKER__HEARTBEAT_INTERVAL="0.2",
+        AGENTS_METRICS__WORKER_LISTEN=f"127.0.0.1:{port}",
     )
     log = tmp_path / "supervisor.log"
     supervisor = supervise(env, log)
@@ -95,6 +99,17 @@ async def test_a_killed_child_comes_back_and_sigterm_drains_every_child(
             if len(await step_numbers(sessions, created["id"])) >= 2:
                 break
             await asyncio.sleep(0.02)
+        # The supervisor serves what its processes count, summed.
+        async with httpx.AsyncClient() as http:
+            scraped = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(scraped)
+            for sample in family.samples
+        }
+        assert samples[("agents_worker_executions_in_flight", ())] == 1
+        steps = samples[("agents_step_duration_seconds_count", (("agent_type", "crashy"),))]
+        assert steps >= 2
         workers = psutil.Process(supervisor.pid).children()
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(15) == 0, log.read_text()

@@ -10,7 +10,6 @@ import base64
 import json
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from app.errors import PROBLEM_CONTENT_TYPE
 from app.webhooks.signatures import sign_github, sign_standard
 from tests.fixtures.api import api_client
 from tests.fixtures.executions import start
-from tests.fixtures.processes import one_worker, service_env
+from tests.fixtures.processes import free_port, one_worker, service_env
 from tests.fixtures.users import Account, make_account
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -486,12 +485,6 @@ secret_env = "{SECRET_ENV}"
 user = "alice@example.com"
 action = "event"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

@@ -20,6 +20,9 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from prometheus_client import start_http_server
+
+from app import metrics
 from app.config import Settings
 
 log = logging.getLogger(__name__)
@@ -124,7 +127,13 @@ class Supervisor:
         self.children: dict[tuple[str, int], asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
 
-    async def run(self, *, handle_signals: bool = True) -> None:
+    async def run(self, *, handle_signals: bool = True, metrics_listen: str | None = None) -> None:
+        """Until :meth:`stop`; with ``metrics_listen`` (host:port), the children's summed
+        metrics are served there (no auth: bind it to a private address)."""
+        if metrics_listen:
+            host, _, port = metrics_listen.rpartition(":")
+            start_http_server(int(port), host or "0.0.0.0", registry=metrics.registry())
+            log.info("worker metrics on http://%s/metrics", metrics_listen)
         if handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -156,6 +165,7 @@ class Supervisor:
             )
             self.children[(pool.name, slot)] = process
             code = await process.wait()
+            metrics.process_ended(process.pid)
             lived = loop.time() - started
             if self._stopping.is_set():
                 return

@@ -19,6 +19,7 @@ from app.agents.state import (
     StopReason,
     SubagentResult,
     ToolCall,
+    Usage,
 )
 from app.agents.subagents import results_message
 from app.agents.task_tools import render_plan
@@ -66,6 +67,8 @@ class StepRecord:
     new_messages: list[Message]
     state: AgentState
     logs: list[LogEntry] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)  # this step's model call
+    model_seconds: float = 0.0  # how long the model call took
 
 
 class Agent:
@@ -193,6 +196,7 @@ class Agent:
         try:
             async with asyncio.timeout(self.spec.timeout - state.elapsed_seconds) as limit:
                 response = await self.driver.complete(self._conversation(state), self._tool_specs)
+                model_seconds = time.monotonic() - started
                 logs.extend(_retry_warning(retry) for retry in response.retries)
                 results = await self._run_tools(response.message.tool_calls, context, logs)
         except TimeoutError:
@@ -234,6 +238,8 @@ class Agent:
             new_messages=new_messages,
             state=state,
             logs=logs,
+            usage=response.usage,
+            model_seconds=model_seconds,
         )
 
     def _limit_warnings(self, state: AgentState, tokens_before: int) -> list[LogEntry]:

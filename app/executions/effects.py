@@ -18,19 +18,39 @@ from typing import Any
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+from app import metrics
 from app.config import Settings
 from app.db import after_commit, transaction_connection
 from app.events import repository as events_repository
 from app.executions import children, events
 from app.executions.interrupts import control_channel
 from app.executions.jobs import enqueue_chunk, enqueue_start_timer, enqueue_wait_timer
-from app.executions.transitions import RESUME_WAITING, TERMINAL, Signal, Status, StatusChange
+from app.executions.transitions import (
+    CREATE,
+    CREATE_SCHEDULED,
+    CREATE_WAITING,
+    RESUME_WAITING,
+    TERMINAL,
+    Signal,
+    Status,
+    StatusChange,
+)
 from app.outbound import service as outbound
 from app.outbound.service import SUBSCRIBABLE
 
 log = logging.getLogger(__name__)
 
 _EFFECTS = "execution_effects"
+
+
+_CREATIONS = frozenset(move.name for move in (CREATE, CREATE_WAITING, CREATE_SCHEDULED))
+
+
+async def _count(change: StatusChange) -> None:
+    if change.status in TERMINAL:
+        metrics.EXECUTIONS_FINISHED.labels(change.agent_type, change.status.value).inc()
+    else:
+        metrics.EXECUTIONS_STARTED.labels(change.agent_type, change.queue).inc()
 
 
 class Effects:
@@ -88,6 +108,8 @@ class Effects:
         a worker still running it."""
         if stop is not None and change.status in TERMINAL:
             self.stop_worker(change.execution_id, stop)
+        if change.move in _CREATIONS or change.status in TERMINAL:
+            self._add("count", change.execution_id, lambda: _count(change))
         if change.status is Status.PENDING:
             self.enqueue(change.execution_id, change.lease, change.queue)
         self.publish(change.execution_id, change.user_id, *before, events.of_change(change))

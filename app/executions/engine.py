@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from typing import Any, TypedDict
 
@@ -18,6 +19,7 @@ from arq.connections import ArqRedis
 from arq.worker import Retry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import metrics
 from app.agents.agent import Agent, StepRecord
 from app.agents.bash_tool import kill_processes
 from app.agents.drivers.clients import ShardedClient
@@ -185,6 +187,7 @@ class ChunkRunner:
         self, agent: Agent, state: AgentState, persisted: int, delivered: list[int]
     ) -> None:
         steps = 0
+        self._step_started = time.monotonic()
         iterator = agent.iterate(state)
         try:
             async for record in iterator:
@@ -252,8 +255,22 @@ class ChunkRunner:
             effects.announce(written.change, before=step_events)
         for child in children or []:
             effects.enqueue(child.id, 0, child.queue)
+            metrics.EXECUTIONS_STARTED.labels(child.agent_type, child.queue).inc()
         await effects.run()
+        self._observe(record)
         return len(state.messages), written.status
+
+    def _observe(self, record: StepRecord) -> None:
+        """The step's metrics: its model call, tokens and duration (from the previous step's
+        commit, or the chunk's start, to this one's)."""
+        spec = self.spec
+        now = time.monotonic()
+        metrics.STEPS.labels(self.claim.agent_type).observe(now - self._step_started)
+        self._step_started = now
+        metrics.MODEL_CALLS.labels(spec.provider, spec.model).observe(record.model_seconds)
+        tokens = metrics.TOKENS
+        tokens.labels(spec.provider, spec.model, "input").inc(record.usage.input_tokens)
+        tokens.labels(spec.provider, spec.model, "output").inc(record.usage.output_tokens)
 
     def _subagent_refusal(self, budget: SubagentBudget, asked: int) -> str | None:
         """Why the subagents a step asks for may not start, or None."""
@@ -401,6 +418,7 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retri
     running = ctx["running"]
     running.add(claim.id, stop)
     ctx["heartbeat"].hold(claim.id, claim.lease, stop)
+    metrics.IN_FLIGHT.inc()
     try:
         await task
     except LeaseLost:
@@ -419,6 +437,7 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retri
     finally:
         running.discard(claim.id)
         ctx["heartbeat"].release(claim.id)
+        metrics.IN_FLIGHT.dec()
         # No process a bash call started outlives the job: the next chunk may run elsewhere,
         # and a cancelled or finished execution must leave nothing running.
         with contextlib.suppress(Exception):

@@ -322,7 +322,7 @@ def change_status(
         {joined}
         WHERE {identity} AND e.status IN ({_quoted(sources)})
         RETURNING e.id, e.user_id, e.status, {previous} AS previous_status, {choose} AS move,
-                  e.lease, e.queue, e.parent_id, e.wait, e.run_at, e.step_count,
+                  e.agent_type, e.lease, e.queue, e.parent_id, e.wait, e.run_at, e.step_count,
                   e.token_usage, e.completed_at, {SUBSCRIBED} AS subscribed
                   {", " + returning if returning else ""}
     )"""
@@ -362,6 +362,7 @@ class StatusChange:
     execution_id: uuid.UUID
     user_id: int
     move: str  # the name of the move made
+    agent_type: str
     status: Status
     lease: int
     queue: str
@@ -380,6 +381,7 @@ class StatusChange:
             execution_id=row["id"],
             user_id=row["user_id"],
             move=row["move"],
+            agent_type=row["agent_type"],
             status=Status(row["status"]),
             lease=row["lease"],
             queue=row["queue"],

@@ -25,6 +25,7 @@ import httpx
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app import metrics
 from app.auth.models import User
 from app.config import OutboundWebhooks, Settings
 from app.db import after_commit, engine_transaction
@@ -174,6 +175,10 @@ class _Result:
         return self.status_code == 429 or self.status_code >= 500
 
 
+async def _count_attempt(outcome: str) -> None:
+    metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
+
+
 async def attempt_delivery(
     db: AsyncEngine, redis: ArqRedis, http: httpx.AsyncClient, settings: Settings, delivery_id: int
 ) -> str:
@@ -202,6 +207,8 @@ async def attempt_delivery(
         else:
             delivery.status = "failed"
         delivery.attempts, delivery.next_attempt_at = number, next_at
+        outcome = "retrying" if next_at is not None else delivery.status
+        after_commit(session, lambda: _count_attempt(outcome))
         await repository.add(
             session,
             Attempt(
