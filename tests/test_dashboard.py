@@ -1,11 +1,15 @@
 """The dashboard in a real headless Chromium (Playwright, Debian's chromium) against a live
 server: sign in, rows that change live over the WebSocket, the detail with its SSE log, the
 control buttons, starting an execution from the form, answering a question inline, the
-conversation and subagent children."""
+conversation and subagent children; for admins, every user's executions with their filters and
+the live Queues page."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
+import random
 import re
 import time
 from pathlib import Path
@@ -13,17 +17,27 @@ from typing import Any
 
 import httpx
 import pytest
+from arq.connections import ArqRedis
 
 from app.agents.spec import AgentTypeSpec, ScriptedToolCall, ScriptedTurn
 from tests.conftest import ROOT, scripted_type
 from tests.fixtures.api import live_api
 from tests.fixtures.executions import start
+from tests.fixtures.queue_history import (
+    execution_row,
+    insert_executions,
+    insert_logs,
+    sample_depths,
+)
+from tests.fixtures.users import make_account
+from workers.runner import WorkerGroup
 
 CHROMIUM = Path("/usr/bin/chromium")
 # The README's screenshots are refreshed only on request, so a test run leaves the tree clean:
 #   AGENTS_UPDATE_SCREENSHOT=1 .venv/bin/pytest tests/test_dashboard.py
 DOCS_SCREENSHOT = ROOT / "docs" / "dashboard.png"  # the start form and a conversation
 DOCS_LIVE_SCREENSHOT = ROOT / "docs" / "dashboard-live.png"  # live rows and the SSE log
+DOCS_QUEUES_SCREENSHOT = ROOT / "docs" / "dashboard-queues.png"  # the admin's Queues page
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -43,6 +57,11 @@ async def test_pages_and_current_user(alice, make_settings):
         assert (await http.get("/dashboard/static/app.css")).status_code == 200
         assert (await http.get("/dashboard/static/../router.py")).status_code == 404
         assert (await http.get("/dashboard/static/nope.js")).status_code == 404
+        for name in ("queues.js", "vendor/uPlot.iife.min.js", "vendor/uPlot.min.css"):
+            vendored = await http.get(f"/dashboard/static/{name}")
+            assert vendored.status_code == 200, name
+            assert vendored.headers["content-type"].startswith(("text/javascript", "text/css"))
+        assert (await http.get("/dashboard/static/vendor/uPlot.d.ts")).status_code == 404
         assert (await http.get("/api/me")).status_code == 401
         me = (await http.get("/api/me", headers=alice.headers)).json()
         assert me == {
@@ -84,6 +103,12 @@ async def test_dashboard_updates_live_streams_logs_and_controls(
             await page.click("#sign-in")
             await expect(page.locator("#who")).to_have_text("alice@example.com")
             await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+            # Not an admin: no admin views, not even by their address.
+            await expect(page.locator("#admin-nav")).to_be_hidden()
+            await page.evaluate("location.hash = '#/queues'")
+            await expect(page.locator("#app-view")).to_be_visible()
+            await expect(page.locator("#queues-view")).to_be_hidden()
+            await page.evaluate("history.replaceState(null, '', location.pathname)")
             await page.evaluate("window.__sameDocument = 'yes'")
 
             # New executions appear without a reload (status.changed pending over the socket).
@@ -312,6 +337,198 @@ async def test_dashboard_starts_answers_shows_the_conversation_and_children(
             await expect(page.locator("#d-id")).to_have_text(str(child_id))
         finally:
             await browser.close()
+    assert errors == []
+    assert screenshot.stat().st_size > 10_000
+    assert time.monotonic() - began < 30
+
+
+def recent_traffic(user_ids: list[int], now: float) -> list[dict[str, Any]]:
+    """An hour of finished executions across the queues, busiest half an hour ago (when they
+    also waited longest to start), a few of them failed."""
+    rng = random.Random(7)
+    types = {
+        "agents-default": (4, ["code-assistant", "demo"]),
+        "agents-priority": (2, ["code-review"]),
+        "agents-long": (1, ["research"]),
+    }
+    rows = []
+    for back in range(60, 0, -1):
+        minute = now // 60 * 60 - back * 60
+        rush = 1 + 2 * math.exp(-(((back - 30) / 7) ** 2))
+        for queue, (base, names) in types.items():
+            for _ in range(rng.randint(0, round(base * rush))):
+                created = minute + rng.uniform(0, 45)
+                started = created + rng.uniform(0.2, 1.5) * rush**2
+                longest = 240 if queue == "agents-long" else 40
+                finished = min(started + rng.uniform(4, longest), now - 1)
+                rows.append(
+                    execution_row(
+                        rng.choice(user_ids),
+                        queue=queue,
+                        agent_type=rng.choice(names),
+                        status="failed" if rng.random() < 0.06 else "completed",
+                        created=created,
+                        started=started,
+                        finished=finished,
+                        steps=rng.randint(2, 14),
+                    )
+                )
+    return rows
+
+
+async def recent_depths(redis: ArqRedis, now: float) -> None:
+    rng = random.Random(11)
+    for back in range(60, 0, -1):
+        rush = 1 + 2 * math.exp(-(((back - 30) / 7) ** 2))
+        depths = {
+            "agents-default": round(rng.uniform(0, 3) * rush**2),
+            "agents-long": rng.randint(0, 2),
+            "agents-priority": round(rng.uniform(0, 1.5) * rush),
+        }
+        await sample_depths(redis, depths, now // 60 * 60 - back * 60 + 20)
+
+
+@needs_chromium
+async def test_dashboard_admin_mode_filters_and_live_queues_page(
+    alice, bob, sessions, redis, make_settings, tmp_path
+):
+    from playwright.async_api import async_playwright, expect
+
+    began = time.monotonic()
+    update_docs = os.environ.get("AGENTS_UPDATE_SCREENSHOT") == "1"
+    screenshot = DOCS_QUEUES_SCREENSHOT if update_docs else tmp_path / "queues.png"
+    settings = make_settings()
+    admin = await make_account(sessions, "ops@example.com", is_admin=True)
+    now = time.time()
+    rows = recent_traffic([alice.user.id, bob.user.id], now)
+    await insert_executions(sessions, rows)
+    [failing] = await insert_executions(
+        sessions,
+        [
+            execution_row(
+                bob.user.id, queue="agents-long", agent_type="research", status="failed",
+                created=now - 8, started=now - 7, finished=now - 2, steps=3,
+            )
+        ],
+    )  # fmt: skip
+    await insert_logs(
+        sessions,
+        failing,
+        [
+            *[("info", "step_completed", f"Step {n}", {"step_number": n}) for n in (1, 2, 3)],
+            ("warning", "warning", "The search tool timed out; retrying", {}),
+            ("error", "failed", "Execution failed: ProviderError", {"error": "ProviderError"}),
+        ],
+    )  # fmt: skip
+    await recent_depths(redis, now)
+    rows.append({"user_id": bob.user.id, "agent_type": "research", "status": "failed"})
+    by_bob = sum(row["user_id"] == bob.user.id for row in rows)
+    failed = [row for row in rows if row["status"] == "failed"]
+    failed_research = sum(row["agent_type"] == "research" for row in failed)
+
+    errors: list[str] = []
+    group = WorkerGroup(settings, settings.queue_names())
+    worker = asyncio.create_task(group.run(handle_signals=False))
+    async with (
+        live_api(settings) as base,
+        httpx.AsyncClient(base_url=base) as http,
+        async_playwright() as p,
+    ):
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1440, "height": 720})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.set_default_timeout(10_000)
+            await page.clock.install()
+            await page.goto(f"{base}/dashboard")
+            await page.fill("#token", admin.token)
+            await page.click("#sign-in")
+            await expect(page.locator("#who")).to_have_text("ops@example.com · admin")
+            await expect(page.locator("#admin-nav")).to_be_visible()
+            await expect(page.locator("#empty")).to_be_visible()  # none of their own
+
+            # Every user's executions, newest first, with their owner; the filters ask the API.
+            await page.click('#admin-nav a[data-view="all"]')
+            await expect(page).to_have_url(f"{base}/dashboard#/all")
+            rows_shown = page.locator("#rows tr")
+            await expect(rows_shown).to_have_count(50)
+            await expect(page.locator("#total")).to_have_text(f"{len(rows):,} executions")
+            await expect(rows_shown.first.locator(".col-user")).to_have_text("bob@example.com")
+            # Live over admin.agents: a new execution appears on top, and runs to its end.
+            started = await start(http, admin, "demo")
+            await expect(page.locator("#total")).to_have_text(f"{len(rows) + 1:,} executions")
+            await expect(rows_shown.first.locator(".col-user")).to_have_text("ops@example.com")
+            await expect(rows_shown.first.locator(".badge")).to_have_text("completed")
+            assert await rows_shown.first.get_attribute("data-id") == started["id"]
+            await page.click('#filters [data-status="failed"]')
+            await expect(page.locator("#total")).to_have_text(f"{len(failed)} executions")
+            await page.select_option("#f-type", "research")
+            await expect(page.locator("#total")).to_have_text(f"{failed_research} executions")
+            await expect(page.locator("#rows .type")).to_have_text(["research"] * failed_research)
+            await page.click("#f-clear")
+            await page.click('#filters [data-status=""]')
+            await page.fill("#f-user", str(bob.user.id))
+            await page.locator("#f-user").dispatch_event("change")
+            await expect(page.locator("#total")).to_have_text(f"{by_bob:,} executions")
+            assert set(await page.locator("#rows .col-user").all_text_contents()) == {
+                "bob@example.com"
+            }
+
+            # Any execution's stored logs, by level and event type.
+            await page.locator(f'#rows tr[data-id="{failing}"]').click()
+            await expect(page).to_have_url(f"{base}/dashboard#/all/agents/{failing}")
+            await expect(page.locator("#d-fields")).to_contain_text("bob@example.com")
+            stored = page.locator("#admin-logs li")
+            await expect(stored).to_have_count(5)
+            await page.select_option("#l-level", "error")
+            await expect(stored).to_have_text([re.compile("ProviderError")])
+            await page.select_option("#l-level", "")
+            await page.select_option("#l-event", "step_completed")
+            await expect(stored).to_have_count(3)
+            await expect(page.locator("#admin-logs-count")).to_have_text("· 3 matching")
+            await expect(page.locator("#log")).to_contain_text("stream finished: failed")
+
+            # The Queues page: numbers now, an hour of charts, the live workers; it polls.
+            await page.click('#admin-nav a[data-view="queues"]')
+            await expect(page.locator("#queues-view")).to_be_visible()
+            await expect(page.locator("#q-rows tr")).to_have_count(3)
+            for chart in ("depth", "throughput", "wait"):
+                await expect(page.locator(f"#chart-{chart} canvas")).to_have_count(1)
+                await expect(page.locator(f"#chart-{chart}")).to_have_attribute(
+                    "data-points", re.compile(r"^[1-9][0-9]+$")
+                )
+            workers = page.locator("#q-workers tr")
+            await expect(workers).to_have_count(1)
+            await expect(workers.locator(".pid")).to_have_text(str(os.getpid()))
+            long_row = page.locator('#q-rows tr[data-queue="agents-long"]')
+            await long_row.click()
+            await expect(page.locator("#q-queue")).to_have_value("agents-long")
+            await expect(page.locator("#chart-depth .u-legend")).to_contain_text("agents-long")
+            await page.select_option("#q-queue", "")
+            box = await page.locator("#chart-throughput canvas").bounding_box()
+            assert box
+            # The cursor shows one minute's values in every chart's legend.
+            await page.mouse.move(box["x"] + box["width"] * 0.55, box["y"] + box["height"] / 2)
+            await page.screenshot(path=str(screenshot), animations="disabled")
+
+            failed_now = long_row.locator("td.bad")
+            before = await failed_now.text_content()
+            await insert_executions(
+                sessions,
+                [
+                    execution_row(
+                        alice.user.id, queue="agents-long", status="failed",
+                        created=time.time() - 3, started=time.time() - 2, finished=time.time(),
+                    )
+                ],
+            )  # fmt: skip
+            await page.clock.fast_forward(5_000)
+            await expect(failed_now).not_to_have_text(before or "")
+        finally:
+            await browser.close()
+            group.stop()
+            await asyncio.wait_for(worker, 10)
     assert errors == []
     assert screenshot.stat().st_size > 10_000
     assert time.monotonic() - began < 30

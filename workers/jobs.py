@@ -11,6 +11,7 @@ from arq.cron import CronJob
 from arq.typing import WorkerCoroutine
 from arq.worker import Function, func
 
+from app.admin.queues import record_depth_samples
 from app.events.service import expire_wait
 from app.executions.engine import WorkerContext, run_execution
 from app.executions.jobs import (
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 async def sweep_executions(ctx: WorkerContext) -> dict[str, int]:
     report = await sweep(ctx["db"], ctx["redis"], ctx["settings"])
+    await record_depth_samples(ctx["redis"], ctx["settings"].queue_names())
     if any(report.__dict__.values()):
         log.info("sweep: %s", report)
     return report.__dict__

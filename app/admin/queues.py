@@ -1,13 +1,17 @@
 """``GET /api/admin/queues``: per queue, what waits in Redis and what PostgreSQL says ran, and
-the live workers. One statement for PostgreSQL and one pipeline for Redis, however many queues."""
+the live workers. One statement for PostgreSQL and one pipeline for Redis, however many queues.
+
+Also the depth sampler: the sweep records how many jobs wait in each queue in a per-queue sorted
+set, which ``GET /api/admin/queues/history`` reads (:mod:`app.admin.queue_history`)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,6 +19,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.executions.liveness import live_workers
 
+DEPTH_KEY_PREFIX = "agents:queue-depth:"
+MAX_HISTORY_MINUTES = 120
+# A minute more than the longest history, so its first (partial) minute is whole.
+DEPTH_KEEP_SECONDS = (MAX_HISTORY_MINUTES + 1) * 60
+# The sweep runs at most once a second: the window never holds more samples than this.
+DEPTH_MAX_SAMPLES = DEPTH_KEEP_SECONDS
+# Far more than the jobs a fleet of workers runs at once.
+_STARTED_SCAN = 1000
+
+# Every aggregate has its own FILTER, so the WHERE only has to let through each row one of them
+# counts, using indexes (``ix_agent_executions_status_created_at`` and the partial
+# ``ix_agent_executions_completed_at``): an execution started in the last hour has either
+# finished since (completed_at >= started_at) or is unfinished, and never ``scheduled`` (a
+# scheduled execution has not started). ``started_at`` has no index of its own.
 _STATS = text(
     """
     SELECT queue,
@@ -40,8 +58,8 @@ _STATS = text(
         percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at))
             FILTER (WHERE completed_at > now() - interval '1 hour') AS run_p95
     FROM agent_executions
-    WHERE status IN ('running', 'awaiting_input', 'awaiting_event')
-       OR started_at > now() - interval '1 hour' OR completed_at > now() - interval '1 hour'
+    WHERE status IN ('pending', 'running', 'paused', 'awaiting_input', 'awaiting_event')
+       OR completed_at > now() - interval '1 hour'
     GROUP BY queue
     """
 )
@@ -89,7 +107,8 @@ class QueuesView(BaseModel):
     workers: list[LiveWorker]
 
 
-def _seconds(value: Any) -> float | None:
+def rounded_seconds(value: Any) -> float | None:
+    """A duration from PostgreSQL (numeric, float or NULL) as seconds to the millisecond."""
     return None if value is None else round(float(value), 3)
 
 
@@ -101,7 +120,10 @@ def _counts(stats: Mapping[str, Any], event: str) -> Counts:
 
 
 def _times(stats: Mapping[str, Any], what: str) -> Seconds:
-    return Seconds(mean=_seconds(stats.get(f"{what}_mean")), p95=_seconds(stats.get(f"{what}_p95")))
+    return Seconds(
+        mean=rounded_seconds(stats.get(f"{what}_mean")),
+        p95=rounded_seconds(stats.get(f"{what}_p95")),
+    )
 
 
 async def queues_view(session: AsyncSession, redis: ArqRedis, settings: Settings) -> QueuesView:
@@ -138,3 +160,54 @@ async def queues_view(session: AsyncSession, redis: ArqRedis, settings: Settings
             )
         )
     return QueuesView(queues=queues, workers=workers)
+
+
+def depth_key(queue: str) -> str:
+    """The sorted set of ``queue``'s depth samples: members ``{ms}:{depth}``, scored by time
+    (milliseconds)."""
+    return f"{DEPTH_KEY_PREFIX}{queue}"
+
+
+async def _waiting_jobs(redis: ArqRedis, queues: Sequence[str], at_ms: int) -> list[int]:
+    """Per queue, the jobs due at ``at_ms`` that no worker has started. arq keeps a job in its
+    queue until it ends and takes the earliest due first, so the started ones are looked for
+    among the first ``_STARTED_SCAN`` due (one ``EXISTS`` of their in-progress keys)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.zcount(queue, "-inf", at_ms)
+            pipe.zrangebyscore(queue, "-inf", at_ms, start=0, num=_STARTED_SCAN)
+        replies = await pipe.execute()
+    due = [int(count) for count in replies[0::2]]
+    heads = {index: head for index, head in enumerate(replies[1::2]) if head}
+    if heads:
+        async with redis.pipeline(transaction=False) as pipe:
+            for head in heads.values():
+                pipe.exists(*(in_progress_key_prefix + _text(job_id) for job_id in head))
+            for index, started in zip(heads, await pipe.execute(), strict=True):
+                due[index] -= int(started)
+    return due
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def record_depth_samples(
+    redis: ArqRedis, queues: Sequence[str], *, at: float | None = None
+) -> dict[str, int]:
+    """Record how many jobs wait in each queue now (or at ``at``, a Unix time), and return it.
+
+    A waiting job is due and not started. Each queue's samples are trimmed to the last
+    ``DEPTH_KEEP_SECONDS`` and at most ``DEPTH_MAX_SAMPLES``, and expire with the window once
+    sampling stops. Three round trips, however many queues."""
+    at_ms = int((time.time() if at is None else at) * 1000)
+    depths = await _waiting_jobs(redis, queues, at_ms)
+    async with redis.pipeline(transaction=False) as pipe:
+        for queue, depth in zip(queues, depths, strict=True):
+            key = depth_key(queue)
+            pipe.zadd(key, {f"{at_ms}:{depth}": at_ms})
+            pipe.zremrangebyscore(key, "-inf", f"({at_ms - DEPTH_KEEP_SECONDS * 1000}")
+            pipe.zremrangebyrank(key, 0, -DEPTH_MAX_SAMPLES - 1)
+            pipe.expire(key, DEPTH_KEEP_SECONDS)
+        await pipe.execute()
+    return dict(zip(queues, depths, strict=True))

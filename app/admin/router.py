@@ -1,4 +1,4 @@
-"""Admin routes: every user's executions and their logs, for operators."""
+"""Admin routes: every user's executions and their logs, and the queues, for operators."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from app.admin import service
-from app.admin.queues import QueuesView, queues_view
+from app.admin.queue_history import QueuesHistory, queue_history
+from app.admin.queues import MAX_HISTORY_MINUTES, QueuesView, queues_view
 from app.admin.repository import ExecutionWithOwner
 from app.admin.schemas import (
     AdminExecution,
@@ -19,7 +20,7 @@ from app.admin.schemas import (
 )
 from app.auth.dependencies import AdminUser
 from app.deps import RedisDep, SessionDep, SettingsDep
-from app.errors import ExecutionNotFound, Forbidden, Unauthorized
+from app.errors import ExecutionNotFound, Forbidden, InvalidRequest, Unauthorized
 from app.executions.schemas import ChildSummary, ExecutionOut, LogEntry
 from app.executions.transitions import Status
 
@@ -144,3 +145,25 @@ async def admin_queues(
     _: AdminUser, session: SessionDep, redis: RedisDep, settings: SettingsDep
 ) -> QueuesView:
     return await queues_view(session, redis, settings)
+
+
+@router.get(
+    "/queues/history",
+    response_model=QueuesHistory,
+    operation_id="adminQueueHistory",
+    summary="Per queue and minute: sampled depth, started, completed, failed, wait mean and p95",
+    responses={**_ADMIN, **InvalidRequest.openapi()},
+)
+async def admin_queue_history(
+    _: AdminUser,
+    session: SessionDep,
+    redis: RedisDep,
+    settings: SettingsDep,
+    minutes: Annotated[
+        int,
+        Query(
+            ge=5, le=MAX_HISTORY_MINUTES, description="How far back, the current minute included."
+        ),
+    ] = 60,
+) -> QueuesHistory:
+    return await queue_history(session, redis, settings, minutes)

@@ -10,9 +10,14 @@ from fastapi.responses import FileResponse
 from app.errors import NotFound
 
 STATIC = Path(__file__).resolve().parent / "static"
+# uPlot (MIT, see vendor/LICENSE) is vendored from its npm package: ``npm pack uplot@1.6.32``.
 _MEDIA_TYPES = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "queues.js": "text/javascript; charset=utf-8",
+    "vendor/uPlot.iife.min.js": "text/javascript; charset=utf-8",
+    "vendor/uPlot.min.css": "text/css; charset=utf-8",
+    "vendor/LICENSE": "text/plain; charset=utf-8",
 }
 # The page holds an API token: keep it out of frames and off other origins' scripts.
 _HEADERS = {
@@ -34,7 +39,7 @@ async def dashboard() -> FileResponse:
     )
 
 
-@router.get("/dashboard/static/{name}", include_in_schema=False)
+@router.get("/dashboard/static/{name:path}", include_in_schema=False)
 async def dashboard_static(name: str) -> FileResponse:
     media_type = _MEDIA_TYPES.get(name)
     if media_type is None:  # a fixed set: no path ever reaches the filesystem unchecked

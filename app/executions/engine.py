@@ -26,6 +26,7 @@ from app.agents.drivers.clients import ShardedClient
 from app.agents.errors import AgentError
 from app.agents.registry import build_agent
 from app.agents.sandbox import Sandbox
+from app.agents.spec import AgentTypeSpec
 from app.agents.state import AgentState, EventOutcome, SubagentResult
 from app.agents.subagents import refuse_subagents
 from app.config import Settings
@@ -106,6 +107,7 @@ class ChunkRunner:
         # A subagent with workspace = "parent" works in its parent's directory.
         self.workspace_id = claim.workspace_id or claim.id
         self.workspace = self.settings.workspace_base / str(self.workspace_id)
+        self.tree_tokens: int | None = None  # a subagent's: its tree's, after its last step
 
     async def run(self) -> None:
         if self.claim.change is not None:
@@ -120,6 +122,8 @@ class ChunkRunner:
             return
         if self.claim.inherited:
             spec = spec.inherit(self.claim.inherited)
+        self.tree_max_tokens = self._tree_max_tokens(spec)
+        spec = spec.model_copy(update={"max_tokens": self._tokens_left(spec)})
         self.spec = spec
         if self.claim.chunk_count > self.settings.limits.max_chunks:
             limit = self.settings.limits.max_chunks
@@ -149,6 +153,23 @@ class ChunkRunner:
             await self._enqueue_next_chunk()
             return
         await self._drive(agent, state, persisted, delivered)
+
+    def _tree_max_tokens(self, spec: AgentTypeSpec) -> int:
+        """The tokens the whole tree may use: its root's ``max_tokens``."""
+        root = self.claim.root
+        if root is None:
+            return spec.max_tokens
+        root_spec = self.settings.spec_for(root.agent_type)
+        return spec.max_tokens if root_spec is None else root_spec.max_tokens
+
+    def _tokens_left(self, spec: AgentTypeSpec) -> int:
+        """The ``max_tokens`` the agent runs with in this chunk: its own, less what the rest of
+        its tree has used (a root: its subagents; a subagent: its root and every other
+        subagent), so the tree stops at its root's budget."""
+        root = self.claim.root
+        own = self.claim.token_usage
+        used_elsewhere = self.claim.descendant_tokens if root is None else root.tree_tokens - own
+        return max(0, min(spec.max_tokens, self.tree_max_tokens - used_elsewhere))
 
     def _deliver(self, agent: Agent, state: AgentState) -> list[int]:
         """Hand the agent what woke it (an answer, its subagents' results, an event or the end
@@ -196,6 +217,14 @@ class ChunkRunner:
                 delivered = []
                 if status is not Status.RUNNING:
                     return  # completed, or parked (paused, awaiting input or subagents)
+                if self.tree_tokens is not None and self.tree_tokens >= self.tree_max_tokens:
+                    # Siblings running at once spent the tree's budget.
+                    await self._fail(
+                        "max_tokens_exceeded",
+                        f"its tree of subagents used {self.tree_tokens} tokens, its root's "
+                        f"max_tokens is {self.tree_max_tokens}",
+                    )
+                    return
                 if steps >= self.settings.limits.chunk_size or self.ctx["draining"].is_set():
                     await self._enqueue_next_chunk()
                     return
@@ -236,6 +265,7 @@ class ChunkRunner:
                     written = await worker_repository.commit_step(conn, step)
         if written is None:
             raise LeaseLost
+        self.tree_tokens = written.tree_tokens
         effects = self._effects()
         # The step's rows share its statement's time (now() is the transaction's).
         step_events = [
@@ -331,6 +361,7 @@ class ChunkRunner:
                 "token_usage": state.usage.total_tokens,
             },
             entries=[entry.row() for entry in record.logs],
+            step_tokens=record.tokens_used,
             finish=finish,
             output={"response": state.final_answer} if finish is COMPLETE else None,
             metadata={"question": state.pending_question} if finish is ASK else None,

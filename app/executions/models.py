@@ -86,6 +86,10 @@ class Execution(Base):
     )
     step_count: Mapped[int] = mapped_column(Integer, server_default="0")
     token_usage: Mapped[int] = mapped_column(Integer, server_default="0")
+    # A subagent's root (the execution started over the API its tree grew from); None for roots.
+    root_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    # On a root: the tokens of every subagent below it, counted against its own max_tokens.
+    descendant_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     usage: Mapped[dict[str, Any]] = mapped_column(
         JSONB, server_default=text("""'{"input_tokens": 0, "output_tokens": 0}'::jsonb""")
     )

@@ -142,6 +142,11 @@ class ExecutionOut(BaseModel):
     step_count: int
     token_usage: int
     usage: Usage
+    descendant_tokens: int = Field(
+        default=0,
+        description="On an execution started over the API: the tokens of every subagent below "
+        "it, all levels. Its own and these together count against its max_tokens.",
+    )
     metadata: dict[str, Any] = Field(validation_alias=AliasChoices("metadata_", "metadata"))
     wait: dict[str, Any] | None = Field(
         default=None,
@@ -165,6 +170,7 @@ class ChildSummary(BaseModel):
     agent_type: str
     status: Status
     step_count: int
+    token_usage: int
     created_at: datetime
     completed_at: datetime | None
 

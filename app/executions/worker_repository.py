@@ -67,7 +67,7 @@ _CLAIM = RawStatement.compile(
         before=[_PAUSE_REQUEST],
         after=[_CONSUME_PAUSE],
         returning="e.agent_type, e.input, e.state_snapshot, e.chunk_count, e.depth, "
-        "e.workspace_id, e.inherited",
+        "e.workspace_id, e.inherited, e.root_id, e.descendant_tokens",
         log=StatusLog(context="jsonb_build_object('worker', :worker_id::text)"),
         select=f"""
         SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context,
@@ -79,8 +79,11 @@ _CLAIM = RawStatement.compile(
                   FROM agent_signals s
                   WHERE s.execution_id = changed.id AND NOT s.processed
                     AND s.signal_type IN ({", ".join(f"'{d}'" for d in DELIVERIES)})
-               ) AS deliveries
-        FROM changed LEFT JOIN status_log ON true""",
+               ) AS deliveries,
+               root.agent_type AS root_agent_type,
+               root.token_usage + root.descendant_tokens AS root_tree_tokens
+        FROM changed LEFT JOIN status_log ON true
+             LEFT JOIN agent_executions root ON root.id = changed.root_id""",
     )
 )
 
@@ -105,16 +108,16 @@ _COMMIT_STEP = RawStatement.compile(
             wait = CASE WHEN :wait::jsonb IS NULL THEN e.wait ELSE """
         + WAIT_WITH_DEADLINE.format(wait=":wait")
         + " END",
-        returning="e.depth",
+        returning="e.depth, e.root_id",
         before=[_PAUSE_REQUEST],
         after=[
             """children AS (
                 INSERT INTO agent_executions
-                    (id, user_id, agent_type, queue, parent_id, depth, input, workspace_id,
-                     inherited, created_at)
+                    (id, user_id, agent_type, queue, parent_id, root_id, depth, input,
+                     workspace_id, inherited, created_at)
                 SELECT (c ->> 'id')::uuid, changed.user_id, c ->> 'agent_type', c ->> 'queue',
-                       changed.id, changed.depth + 1, c -> 'input',
-                       (c ->> 'workspace_id')::uuid, c -> 'inherited',
+                       changed.id, coalesce(changed.root_id, changed.id), changed.depth + 1,
+                       c -> 'input', (c ->> 'workspace_id')::uuid, c -> 'inherited',
                        -- distinct creation times keep the children in the order asked for
                        now() + n * interval '1 microsecond'
                 FROM changed, jsonb_array_elements(:children::jsonb) WITH ORDINALITY AS t(c, n)
@@ -123,6 +126,14 @@ _COMMIT_STEP = RawStatement.compile(
             )""",
             f"children_log AS ({creation_log(SPAWN, source='children')})",
             _CONSUME_PAUSE,
+            # A subagent's tokens count on its root too (the tree's budget).
+            """rolled_up AS (
+                UPDATE agent_executions r
+                SET descendant_tokens = r.descendant_tokens + :step_tokens::bigint
+                FROM changed
+                WHERE r.id = changed.root_id
+                RETURNING r.token_usage + r.descendant_tokens AS tree_tokens
+            )""",
             """delivered AS (
                 UPDATE agent_signals SET processed = true, processed_at = now()
                 WHERE id = ANY(:delivered::bigint[]) AND EXISTS (SELECT 1 FROM changed)
@@ -150,7 +161,8 @@ _COMMIT_STEP = RawStatement.compile(
         SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context,
                step_log.id AS step_log_id, step_log.created_at AS step_created_at,
                (SELECT coalesce(array_agg(x.id ORDER BY x.id), '{}') FROM entries_log x)
-                   AS entry_ids
+                   AS entry_ids,
+               (SELECT tree_tokens FROM rolled_up) AS tree_tokens
         FROM changed JOIN step_log ON true LEFT JOIN status_log ON true""",
     )
 )
@@ -205,6 +217,18 @@ class Claim:
     workspace_id: uuid.UUID | None  # whose workspace directory it works in (None: its own)
     inherited: dict[str, Any] | None  # model settings from the execution that spawned it
     change: StatusChange | None  # set when the claim changed the status
+    token_usage: int  # its own tokens so far
+    descendant_tokens: int  # a root's: the tokens of every subagent below it
+    root: RootTokens | None  # a subagent's: its root, whose max_tokens the whole tree shares
+
+
+@dataclass(frozen=True, slots=True)
+class RootTokens:
+    """A subagent's root and the tokens its tree has used (the root's and every subagent's)."""
+
+    id: uuid.UUID
+    agent_type: str
+    tree_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +265,7 @@ class StepCommit:
     children: list[NewChild] | None = None
     wait: dict[str, Any] | None = None
     delivered: list[int] | None = None
+    step_tokens: int = 0  # the step's own tokens, added to its root's descendant_tokens
 
     def parameters(self) -> dict[str, Any]:
         def encoded(value: object) -> str | None:
@@ -259,6 +284,7 @@ class StepCommit:
             "lease": self.lease,
             "step_count": self.step_count,
             "token_usage": self.usage["input_tokens"] + self.usage["output_tokens"],
+            "step_tokens": self.step_tokens,
             "usage": json_serializer(self.usage),
             "snapshot": json_serializer(self.snapshot),
             "finish_move": None if self.finish is None else self.finish.name,
@@ -352,6 +378,7 @@ class StepWritten:
     status: Status
     change: StatusChange | None  # set when the step ended or parked the execution
     entry_ids: list[int]  # the ids of the step's tool and warning rows, in order
+    tree_tokens: int | None  # a subagent's step: its root's tokens with all its descendants'
 
 
 async def claim_execution(
@@ -381,6 +408,11 @@ async def claim_execution(
         workspace_id=row["workspace_id"],
         inherited=row["inherited"],
         change=None if row["log_id"] is None else StatusChange.from_row(row),
+        token_usage=row["token_usage"],
+        descendant_tokens=row["descendant_tokens"],
+        root=None
+        if row["root_id"] is None
+        else RootTokens(row["root_id"], row["root_agent_type"], row["root_tree_tokens"]),
     )
 
 
@@ -394,7 +426,7 @@ async def commit_step(conn: AsyncConnection, step: StepCommit) -> StepWritten | 
     change = None if row["log_id"] is None else StatusChange.from_row(row)
     return StepWritten(
         row["step_log_id"], row["step_created_at"], Status(row["status"]), change,
-        list(row["entry_ids"]),
+        list(row["entry_ids"]), row["tree_tokens"],
     )  # fmt: skip
 
 

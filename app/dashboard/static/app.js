@@ -3,6 +3,8 @@
 // /messages; actions: POST /api/agents (start), POST /api/agents/{id}/input (answer) and the
 // controls; live: WS /api/ws (user channel) and the SSE stream GET /api/agents/{id}/events read
 // with fetch (EventSource sends no headers).
+// Admins also get every user's executions (GET /api/admin/agents, /api/admin/agents/{id} and its
+// /logs and /stream, WS channel admin.agents) and the Queues page (queues.js).
 "use strict";
 
 const TOKEN_KEY = "agents.dashboard.token";
@@ -13,6 +15,13 @@ const STATUSES = [
   "completed", "failed", "cancelled",
 ];
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+const ADMIN_CHANNEL = "admin.agents";
+const ADMIN_LOGS_PAGE = 100;
+const EVENT_TYPES = [
+  "step_completed", "status_changed", "paused", "resumed", "cancelled", "force_killed",
+  "input_received", "subagents_finished", "event_waiting", "event_received", "event_timeout",
+  "completed", "failed", "tool_called", "tool_completed", "warning",
+];
 const ALLOWED = {
   pause: new Set(["pending", "scheduled", "running", "paused"]),
   resume: new Set(["paused"]),
@@ -23,7 +32,12 @@ const ALLOWED = {
 const state = {
   token: null,
   me: null,
+  view: "mine",     // mine | all (admins: every user's executions) | queues (admins)
   filter: "",
+  adminFilter: { user: "", type: "" },
+  users: new Map(), // user id -> email, of the owners seen in the admin list
+  seenTypes: new Set(),
+  adminLogs: null,  // the stored logs shown (admin view): { id, page, total }
   page: 1,
   total: 0,
   items: [],        // the executions shown, newest first
@@ -135,11 +149,14 @@ async function signIn(token) {
   $("who").title = `${me.name || me.email} (${me.tier})`;
   $("signin-view").hidden = true;
   $("session").hidden = false;
-  $("app-view").hidden = false;
+  $("admin-nav").hidden = !isAdmin();
   connectSocket();
   loadAgentTypes().catch((err) => setFormError("start-error", err.message));
-  await loadList();
-  route();
+  await route(true);
+}
+
+function isAdmin() {
+  return Boolean(state.me && state.me.is_admin);
 }
 
 function signOut(message) {
@@ -148,7 +165,12 @@ function signOut(message) {
   state.me = null;
   state.items = [];
   state.types = null;
+  state.view = "mine";
+  state.adminFilter = { user: "", type: "" };
+  state.users.clear();
+  state.seenTypes.clear();
   closeDetail(false);
+  stopQueues();
   toggleStartForm(false);
   $("start-prompt").value = "";
   if (state.ws) {
@@ -160,7 +182,9 @@ function signOut(message) {
   setLive("offline");
   $("rows").replaceChildren();
   $("session").hidden = true;
+  $("admin-nav").hidden = true;
   $("app-view").hidden = true;
+  $("queues-view").hidden = true;
   $("signin-view").hidden = false;
   $("token").value = "";
   const error = $("signin-error");
@@ -172,13 +196,74 @@ function signOut(message) {
 // ---- the list --------------------------------------------------------------------------------
 
 async function loadList() {
-  if (!state.token) return;
-  const query = new URLSearchParams({ page: String(state.page), per_page: String(PER_PAGE) });
+  if (!state.token || state.view === "queues") return;
+  const view = state.view;
+  const query = new URLSearchParams({ page: String(state.page) });
   if (state.filter) query.set("status", state.filter);
-  const body = await api("GET", `/api/agents?${query}`);
+  let path = "/api/agents";
+  if (view === "all") {
+    path = "/api/admin/agents";
+    if (state.adminFilter.user) query.set("user_id", state.adminFilter.user);
+    if (state.adminFilter.type) query.set("agent_type", state.adminFilter.type);
+  } else {
+    query.set("per_page", String(PER_PAGE));
+  }
+  const body = await api("GET", `${path}?${query}`);
+  if (state.view !== view) return;
   state.items = body.items;
   state.total = body.total;
+  if (view === "all") rememberOwners(body.items);
   renderList();
+}
+
+// ---- admin: every user's executions ----------------------------------------------------------
+
+function rememberOwners(items) {
+  let changed = false;
+  for (const e of items) {
+    if (e.user && state.users.get(e.user.id) !== e.user.email) {
+      state.users.set(e.user.id, e.user.email);
+      changed = true;
+    }
+    if (!state.seenTypes.has(e.agent_type)) {
+      state.seenTypes.add(e.agent_type);
+      changed = true;
+    }
+  }
+  if (changed) renderAdminFilters();
+}
+
+function renderAdminFilters() {
+  $("f-users").replaceChildren(...[...state.users].sort((a, b) => a[0] - b[0])
+    .map(([id, email]) => h("option", { value: id, label: email }, email)));
+  const names = new Set([...state.seenTypes, ...(state.types || []).map((t) => t.name)]);
+  if (state.adminFilter.type) names.add(state.adminFilter.type);
+  const picker = $("f-type");
+  picker.replaceChildren(h("option", { value: "" }, "any"),
+    ...[...names].sort().map((name) => h("option", { value: name }, name)));
+  picker.value = state.adminFilter.type;
+  if ($("f-user").value !== state.adminFilter.user) $("f-user").value = state.adminFilter.user;
+  $("f-clear").hidden = !state.adminFilter.user && !state.adminFilter.type;
+}
+
+function setAdminFilter(change) {
+  Object.assign(state.adminFilter, change);
+  state.page = 1;
+  renderAdminFilters();
+  loadList().catch(showError);
+}
+
+function ownerCell(e) {
+  const user = e.user || (state.me && e.user_id === state.me.id ? state.me : null);
+  if (!user) return h("td", { class: "col-user muted" }, "—");
+  return h("td", { class: "col-user" }, h("a", {
+    href: "#", class: "owner", title: `Only user ${user.id}'s executions`,
+    onclick: (click) => {
+      click.preventDefault();
+      click.stopPropagation();
+      setAdminFilter({ user: String(user.id) });
+    },
+  }, user.email));
 }
 
 function scheduleRefetch() {
@@ -211,7 +296,8 @@ function renderList() {
   },
   h("td", { class: "mono", title: e.id }, shortId(e.id),
     e.parent_id ? h("span", { class: "sub", title: `child of ${e.parent_id}` }, "↳") : null),
-  h("td", {}, e.agent_type),
+  state.view === "all" ? ownerCell(e) : null,
+  h("td", { class: "type" }, e.agent_type),
   h("td", { class: "status" }, badge(e.status)),
   h("td", { class: "num steps" }, fmtNumber(e.step_count)),
   h("td", { class: "num tokens" }, fmtNumber(e.token_usage)),
@@ -219,7 +305,9 @@ function renderList() {
     age(e.created_at))));
   $("rows").replaceChildren(...rows);
   $("empty").hidden = rows.length > 0;
-  $("empty").textContent = state.filter ? `No ${state.filter.replace("_", " ")} executions.`
+  const filtered = state.filter || (state.view === "all"
+    && (state.adminFilter.user || state.adminFilter.type));
+  $("empty").textContent = filtered ? "No executions match the filters."
     : "No executions yet. Start one with + New execution.";
   const pages = Math.max(1, Math.ceil(state.total / PER_PAGE));
   $("total").textContent = `${fmtNumber(state.total)} execution${state.total === 1 ? "" : "s"}`;
@@ -275,6 +363,7 @@ function applyUpdate(data, event) {
   }
   if (id === state.selected) {
     scheduleConversation();
+    scheduleAdminLogs();
     // Output, error, the question of an execution awaiting input, new children.
     if (event === "status.changed") scheduleDetailReload();
   } else if (event === "status.changed") {
@@ -297,6 +386,7 @@ async function loadAgentTypes() {
   const body = await api("GET", "/api/agent-types");
   state.types = body.items;
   renderTypePicker();
+  if (state.view === "all") renderAdminFilters();
 }
 
 function typeOption(t) {
@@ -423,7 +513,10 @@ function connectSocket() {
   const channel = `user.${state.me.id}.agents`;
   state.ws = ws;
   setLive("connecting");
-  ws.onopen = () => ws.send(JSON.stringify({ action: "subscribe", channel }));
+  ws.onopen = () => {
+    ws.send(JSON.stringify({ action: "subscribe", channel }));
+    if (isAdmin()) ws.send(JSON.stringify({ action: "subscribe", channel: ADMIN_CHANNEL }));
+  };
   ws.onmessage = (message) => {
     let msg;
     try {
@@ -438,7 +531,7 @@ function connectSocket() {
       if (reconnected) scheduleRefetch(); // catch up on what happened while away
     } else if (msg.event === "error") {
       showError(new Error(`live updates: ${msg.error}`));
-    } else if (msg.channel === channel && msg.data) {
+    } else if (msg.data && msg.channel === (state.view === "all" ? ADMIN_CHANNEL : channel)) {
       applyUpdate(msg.data, msg.event);
     }
   };
@@ -457,10 +550,52 @@ function connectSocket() {
 
 // ---- the detail pane -------------------------------------------------------------------------
 
-function route() {
-  const match = location.hash.match(/^#\/agents\/([0-9a-f-]{36})$/);
-  if (match) {
-    if (match[1] !== state.selected) openDetail(match[1]);
+// #/agents/{id}: one of yours; admins also #/all, #/all/agents/{id} and #/queues.
+function parseHash() {
+  const hash = location.hash;
+  let match = hash.match(/^#\/agents\/([0-9a-f-]{36})$/);
+  if (match) return { view: "mine", id: match[1] };
+  if (!isAdmin()) return { view: "mine", id: null };
+  if (hash === "#/queues") return { view: "queues", id: null };
+  match = hash.match(/^#\/all(?:\/agents\/([0-9a-f-]{36}))?$/);
+  if (match) return { view: "all", id: match[1] || null };
+  return { view: "mine", id: null };
+}
+
+function agentHref(id) {
+  return state.view === "all" ? `#/all/agents/${id}` : `#/agents/${id}`;
+}
+
+async function route(force = false) {
+  if (!state.me) return;
+  const { view, id } = parseHash();
+  const changed = view !== state.view;
+  if (changed) {
+    closeDetail(false);
+    state.view = view;
+    state.page = 1;
+    state.items = [];
+    $("rows").replaceChildren();
+  }
+  document.body.dataset.view = view;
+  for (const link of document.querySelectorAll("#admin-nav a")) {
+    link.classList.toggle("active", link.dataset.view === view);
+    if (link.dataset.view === view) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  $("app-view").hidden = view === "queues";
+  $("queues-view").hidden = view !== "queues";
+  $("new-execution").hidden = view === "queues";
+  $("admin-filters").hidden = view !== "all";
+  if (view === "queues") {
+    startQueues();
+    return;
+  }
+  stopQueues();
+  if (view === "all") renderAdminFilters();
+  if (changed || force) await loadList();
+  if (id) {
+    if (id !== state.selected) openDetail(id);
   } else if (state.selected) {
     closeDetail(false);
   }
@@ -468,7 +603,8 @@ function route() {
 
 function select(id) {
   // A hash change, not a navigation: the page (and its socket) stay.
-  if (location.hash !== `#/agents/${id}`) location.hash = `#/agents/${id}`;
+  const href = agentHref(id);
+  if (location.hash !== href) location.hash = href;
   else openDetail(id);
 }
 
@@ -482,7 +618,9 @@ function closeDetail(updateHash = true) {
   $("detail").hidden = true;
   document.body.classList.remove("with-detail");
   for (const row of $("rows").querySelectorAll("tr.selected")) row.classList.remove("selected");
-  if (updateHash && location.hash) history.replaceState(null, "", location.pathname);
+  if (updateHash && location.hash) {
+    history.replaceState(null, "", state.view === "all" ? "#/all" : location.pathname);
+  }
 }
 
 async function openDetail(id) {
@@ -508,6 +646,7 @@ async function openDetail(id) {
   $("answer").value = "";
   setFormError("answer-error", null);
   resetConversation(id);
+  resetAdminLogs(id);
   try {
     await loadDetail(id);
   } catch (err) {
@@ -515,11 +654,13 @@ async function openDetail(id) {
     return;
   }
   loadConversation().catch(showError);
+  if (state.adminLogs) loadAdminLogs().catch(showError);
   streamLogs(id);
 }
 
 async function loadDetail(id) {
-  const body = await api("GET", `/api/agents/${id}`);
+  const body = await api("GET", state.view === "all" ? `/api/admin/agents/${id}`
+    : `/api/agents/${id}`);
   if (state.selected !== id) return;
   state.detail = body;
   renderDetail();
@@ -558,7 +699,7 @@ function renderParent(d) {
   if (!d.parent_id) return;
   const parent = state.items.find((e) => e.id === d.parent_id);
   const link = $("d-parent-link");
-  link.href = `#/agents/${d.parent_id}`;
+  link.href = agentHref(d.parent_id);
   link.title = d.parent_id;
   link.textContent = parent ? `${parent.agent_type} ${shortId(d.parent_id)}` : shortId(d.parent_id);
 }
@@ -578,7 +719,7 @@ function renderChildren(d) {
       if (!click.target.closest("a")) select(c.id);
     },
   },
-  h("td", {}, h("a", { href: `#/agents/${c.id}`, class: "mono child-link", title: c.id },
+  h("td", {}, h("a", { href: agentHref(c.id), class: "mono child-link", title: c.id },
     shortId(c.id))),
   h("td", {}, c.agent_type),
   h("td", { class: "status" }, badge(c.status)),
@@ -599,6 +740,7 @@ function renderDetail() {
   const d = state.detail;
   const prompt = d.input && typeof d.input.prompt === "string" ? d.input.prompt : null;
   $("d-fields").replaceChildren(...[
+    d.user ? field("Owner", `${d.user.email} (user ${d.user.id})`) : [],
     field("Queue", d.queue, { mono: true }),
     field("Steps", fmtNumber(d.step_count), { data: { field: "steps" } }),
     field("Tokens", fmtNumber(d.token_usage), { data: { field: "tokens" } }),
@@ -808,6 +950,54 @@ function addToolResult(fold, m) {
     h("pre", { class: "fold-body tool-result", dataset: { seq: m.seq } }, m.content || ""));
 }
 
+// ---- admin: the stored logs of an execution, filtered by level and event type -----------------
+
+function resetAdminLogs(id) {
+  if (state.adminLogs) clearTimeout(state.adminLogs.timer);
+  state.adminLogs = state.view === "all" ? { id, page: 1, total: 0, timer: null } : null;
+  $("admin-logs-box").hidden = !state.adminLogs;
+  $("admin-logs").replaceChildren();
+  $("admin-logs-count").textContent = "";
+}
+
+function scheduleAdminLogs() {
+  const logs = state.adminLogs;
+  if (!logs) return;
+  clearTimeout(logs.timer);
+  logs.timer = setTimeout(() => loadAdminLogs().catch(showError), 300);
+}
+
+async function loadAdminLogs() {
+  const logs = state.adminLogs;
+  if (!logs) return;
+  const query = new URLSearchParams({ page: String(logs.page) });
+  if ($("l-level").value) query.set("level", $("l-level").value);
+  if ($("l-event").value) query.set("event_type", $("l-event").value);
+  const body = await api("GET", `/api/admin/agents/${logs.id}/logs?${query}`);
+  if (state.adminLogs !== logs) return;
+  logs.total = body.total;
+  const pages = Math.max(1, Math.ceil(body.total / ADMIN_LOGS_PAGE));
+  $("admin-logs-count").textContent = `· ${fmtNumber(body.total)} matching`;
+  $("l-page").textContent = `${logs.page} / ${pages}`;
+  $("l-prev").disabled = logs.page <= 1;
+  $("l-next").disabled = logs.page >= pages;
+  $("admin-logs").replaceChildren(...body.items.map((entry) => h("li", {
+    class: `log-line log-${entry.level}`,
+    dataset: { id: entry.id, level: entry.level, event: entry.event_type },
+  },
+  h("span", { class: "log-time mono", title: fmtTime(entry.created_at) },
+    clock(new Date(entry.created_at))),
+  h("span", { class: "log-event mono" }, entry.event_type),
+  h("span", { class: "log-text" }, entry.level === "info" ? entry.message
+    : `[${entry.level}] ${entry.message}`))));
+}
+
+function turnAdminLogsPage(delta) {
+  if (!state.adminLogs) return;
+  state.adminLogs.page = Math.max(1, state.adminLogs.page + delta);
+  loadAdminLogs().catch(showError);
+}
+
 // ---- the log: SSE over fetch -----------------------------------------------------------------
 
 function logLine(event, id, data) {
@@ -866,7 +1056,9 @@ async function streamLogs(id) {
     try {
       const headers = { Authorization: `Bearer ${state.token}`, Accept: "text/event-stream" };
       if (lastId) headers["Last-Event-ID"] = lastId;
-      const response = await fetch(`/api/agents/${id}/events`, {
+      const path = state.view === "all" ? `/api/admin/agents/${id}/stream`
+        : `/api/agents/${id}/events`;
+      const response = await fetch(path, {
         headers, signal: controller.signal, cache: "no-store",
       });
       if (!response.ok) {
@@ -926,6 +1118,21 @@ async function streamLogs(id) {
 
 function init() {
   renderFilters();
+  $("l-event").append(...EVENT_TYPES.map((name) => h("option", { value: name }, name)));
+  for (const id of ["l-level", "l-event"]) {
+    $(id).addEventListener("change", () => {
+      if (state.adminLogs) state.adminLogs.page = 1;
+      loadAdminLogs().catch(showError);
+    });
+  }
+  $("l-prev").addEventListener("click", () => turnAdminLogsPage(-1));
+  $("l-next").addEventListener("click", () => turnAdminLogsPage(1));
+  $("f-user").addEventListener("change", () => {
+    const value = $("f-user").value.trim();
+    setAdminFilter({ user: /^[1-9][0-9]*$/.test(value) ? value : "" });
+  });
+  $("f-type").addEventListener("change", () => setAdminFilter({ type: $("f-type").value }));
+  $("f-clear").addEventListener("click", () => setAdminFilter({ user: "", type: "" }));
   $("signin-form").addEventListener("submit", async (submit) => {
     submit.preventDefault();
     const token = $("token").value.trim();
@@ -970,7 +1177,7 @@ function init() {
     if (key.target.closest && key.target.closest("input, textarea, select")) return;
     closeDetail();
   });
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", () => route().catch(showError));
   setInterval(() => {
     for (const cell of document.querySelectorAll("td.age")) {
       cell.textContent = age(cell.dataset.created);
