@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.models import ApiToken, User
+from app.db import RawStatement
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,22 +37,33 @@ async def add_token(session: AsyncSession, token: ApiToken) -> None:
     await session.flush()
 
 
+# Every request runs this: one prepared statement on the driver, no ORM query building.
+_TOKEN_OWNER = RawStatement.compile(
+    """
+    SELECT u.id, u.name, u.email, u.tier, u.is_admin, u.created_at,
+           t.id AS token_id, t.last_used_at
+    FROM api_tokens t JOIN users u ON u.id = t.user_id
+    WHERE t.token_hash = :token_hash AND t.revoked_at IS NULL
+      AND (t.expires_at IS NULL OR t.expires_at > now())
+    """
+)
+
+
 async def find_token_owner(session: AsyncSession, token_hash: str) -> TokenOwner | None:
-    row = (
-        await session.execute(
-            select(User, ApiToken.id, ApiToken.last_used_at)
-            .join(ApiToken, ApiToken.user_id == User.id)
-            .where(
-                ApiToken.token_hash == token_hash,
-                ApiToken.revoked_at.is_(None),
-                or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()),
-            )
-        )
-    ).first()
+    """The owner of an unrevoked, unexpired token. The user is built from the row, not loaded
+    into the session: callers read it, and none changes it."""
+    row = await _TOKEN_OWNER.fetchrow(await session.connection(), {"token_hash": token_hash})
     if row is None:
         return None
-    user, token_id, last_used_at = row
-    return TokenOwner(user, token_id, last_used_at)
+    user = User(
+        id=row["id"],
+        name=row["name"],
+        email=row["email"],
+        tier=row["tier"],
+        is_admin=row["is_admin"],
+        created_at=row["created_at"],
+    )
+    return TokenOwner(user, row["token_id"], row["last_used_at"])
 
 
 async def record_token_use(session: AsyncSession, token_id: int, at: datetime) -> None:
