@@ -33,6 +33,7 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 
 from bench.baselines import run_baseline
 from bench.harness import (
+    ONE_WORKER,
     Children,
     asyncpg_dsn,
     prepare_servers,
@@ -117,7 +118,7 @@ async def service_drain(
                     response.raise_for_status()
 
             await asyncio.gather(*(poster() for _ in range(20)))
-        worker = children.start("worker", [sys.executable, "-m", "app.cli", "worker"])
+        worker = children.start("worker", ONE_WORKER)
         process = psutil.Process(worker.pid)
         started = "SELECT count(*) FROM agent_executions WHERE started_at IS NOT NULL"
         while not await db.fetchval(started):  # noqa: ASYNC110 (another process's rows)
