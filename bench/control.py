@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import time
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from app.executions.events import decode_message
 from bench.harness import Children, launch_service, run_benchmark, toml_preamble
 from bench.metrics import latency_summary
 
@@ -132,12 +132,12 @@ async def _next_event(pubsub: Any, execution_id: str, name: str, status: str | N
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
         if message is None:
             continue
-        event = json.loads(message["data"])
-        data = event["data"]
-        if data.get("execution_id") != execution_id or event["event"] != name:
-            continue
-        if status is None or data.get("status") == status:
-            return
+        for event in decode_message(message["data"]):
+            data = event["data"]
+            if data.get("execution_id") != execution_id or event["event"] != name:
+                continue
+            if status is None or data.get("status") == status:
+                return
     raise RuntimeError(f"no {name} {status or ''} for {execution_id} within 30 s")
 
 

@@ -22,6 +22,8 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -52,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--executions", type=int, default=1000, help="N (default 1000)")
     parser.add_argument("--steps", type=int, default=10, help="K steps each (default 10)")
     parser.add_argument("--jobs", type=int, default=5000, help="M no-op jobs (default 5000)")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the worker while it drains (raw stacks)"
+    )
     return parser.parse_args(argv)
 
 
@@ -124,6 +129,13 @@ async def service_drain(
         while not await db.fetchval(started):  # noqa: ASYNC110 (another process's rows)
             await asyncio.sleep(0.02)
         cpu_start = sum(process.cpu_times()[:2])
+        profiler = None
+        if options.profile:
+            # py-spy samples the worker's stacks from outside (raw format, see bench/README.md).
+            out = children.log_dir / "worker.pyspy.txt"
+            py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            argv = [py_spy, "record", "-p", str(worker.pid), "-r", "200", "-f", "raw"]
+            profiler = await asyncio.create_subprocess_exec(*argv, "-o", str(out))
         deadline = time.monotonic() + 600
         finished = 0
         while time.monotonic() < deadline:
@@ -135,6 +147,9 @@ async def service_drain(
                 break
             await asyncio.sleep(0.05)
         cpu = sum(process.cpu_times()[:2]) - cpu_start
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            await profiler.wait()
         row = await db.fetchrow(
             "SELECT extract(epoch FROM max(completed_at) - min(started_at)) AS drain, "
             "count(*) FILTER (WHERE status = 'completed') AS completed, "

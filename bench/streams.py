@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from app.executions.events import decode_message
 from bench.harness import (
     TERMINAL,
     Children,
@@ -247,11 +248,11 @@ async def read_direct(pubsub: Any, latencies: list[Sample], executions: int) -> 
         if message is None:
             continue
         received = time.time()
-        event = json.loads(message["data"])
-        if event["event"] == "step.completed":
-            latencies.append(_sample(event["data"], received))
-        elif event["event"] == "status.changed" and event["data"]["status"] in TERMINAL:
-            finished += 1
+        for event in decode_message(message["data"]):
+            if event["event"] == "step.completed":
+                latencies.append(_sample(event["data"], received))
+            elif event["event"] == "status.changed" and event["data"]["status"] in TERMINAL:
+                finished += 1
 
 
 async def run_transport(

@@ -10,7 +10,6 @@ by a ``Tracker``.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from app.executions.events import decode_message
 from bench.harness import BENCH_QUEUE, TERMINAL, toml_preamble
 from bench.metrics import latency_summary
 
@@ -83,11 +83,16 @@ class Tracker:
 
     async def handle(self, raw: bytes, received: float) -> None:
         self.messages += 1
-        event = json.loads(raw)
+        if any([self._note(event, received) for event in decode_message(raw)]):
+            async with self.condition:
+                self.condition.notify_all()
+
+    def _note(self, event: dict[str, Any], received: float) -> bool:
+        """Record a step or an end; whether it was one."""
         data = event.get("data") or {}
         execution_id = data.get("execution_id")
         if not execution_id:
-            return
+            return False
         name = event.get("event")
         if name == "step.completed":
             self.first_step.setdefault(execution_id, received)
@@ -95,9 +100,8 @@ class Tracker:
         elif name == "status.changed" and data.get("status") in TERMINAL:
             self.terminal.setdefault(execution_id, (received, data["status"]))
         else:
-            return
-        async with self.condition:
-            self.condition.notify_all()
+            return False
+        return True
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         try:

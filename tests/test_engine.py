@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import uuid
 
 from arq.constants import job_key_prefix
@@ -8,6 +7,7 @@ from sqlalchemy import select, text
 
 from app.config import Limits
 from app.executions.engine import run_execution
+from app.executions.events import decode_message
 from app.executions.jobs import job_id
 from app.executions.models import ExecutionLog, ExecutionMessage, ExecutionSignal
 from app.executions.transitions import COMPLETE
@@ -198,7 +198,7 @@ async def test_events_are_published_after_each_commit(client, alice, run_worker,
     for _ in range(50):
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
         if message is not None:
-            received.append(json.loads(message["data"]))
+            received.extend(decode_message(message["data"]))
         if len(received) == 6:
             break
     await pubsub.aclose()
@@ -257,7 +257,7 @@ async def test_a_failed_tool_call_is_logged_before_its_step(
     for _ in range(50):
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
         if message is not None:
-            received.append(json.loads(message["data"]))
+            received.extend(decode_message(message["data"]))
         if len(received) == 6:
             break
     await pubsub.aclose()

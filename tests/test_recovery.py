@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 
 from arq.connections import ArqRedis
@@ -14,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.db import session_factory
 from app.executions import worker_repository
 from app.executions.engine import run_execution
+from app.executions.events import decode_message
 from app.executions.jobs import job_id
 from app.executions.recovery import sweep
 from tests.fixtures.executions import load, start, step_numbers
@@ -96,7 +96,7 @@ async def test_sweep_gives_up_after_max_recoveries_and_says_so(client, alice, db
             break
     await pubsub.aclose()
     assert message is not None
-    event = json.loads(message["data"])
+    [event] = decode_message(message["data"])
     assert (event["event"], event["data"]["status"]) == ("status.changed", "failed")
     execution = await load(db_sessions(db), str(execution_id))
     assert execution.status == "failed"

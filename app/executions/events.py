@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -48,9 +48,23 @@ class Event:
         self.data = data
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"event": self.name.value, "id": self.id, "data": self.data}, default=str
-        ).encode()
+        return json.dumps(self.message(), default=str).encode()
+
+    def message(self) -> dict[str, Any]:
+        return {"event": self.name.value, "id": self.id, "data": self.data}
+
+
+def decode_message(raw: bytes | str) -> list[dict[str, Any]]:
+    """The events (``{"event", "id", "data"}``) of one message on a channel, in order."""
+    message = json.loads(raw)
+    return message if isinstance(message, list) else [message]
+
+
+def encode_all(events: Sequence[Event]) -> bytes:
+    """One message for ``events``: the event itself, or several as a JSON array, in order."""
+    if len(events) == 1:
+        return events[0].encode()
+    return json.dumps([event.message() for event in events], default=str).encode()
 
 
 class LogRow(Protocol):
@@ -143,20 +157,20 @@ def from_log(execution_id: uuid.UUID, row: LogRow, completed_at: datetime | None
 
 
 async def publish(redis: Redis, execution_id: uuid.UUID, user_id: int, events: list[Event]) -> None:
-    """Send events to the execution's, the owner's and the admins' channels in one round trip.
+    """Send events to the execution's, the owner's and the admins' channels in one round trip:
+    one message per channel (a step's events travel together, see :func:`encode_all`).
 
     The owner's channel, which follows all of a user's executions, carries their steps and
     status changes, not their ``log`` events (tool calls, warnings).
     """
     if not events:
         return
-    everything = (execution_channel(execution_id), ADMIN_CHANNEL)
-    owner = user_channel(user_id)
+    everything = encode_all(events)
+    for_owner = [event for event in events if event.name is not EventName.LOG]
     async with redis.pipeline(transaction=False) as pipe:
-        for event in events:
-            payload = event.encode()
-            for channel in everything:
-                pipe.publish(channel, payload)
-            if event.name is not EventName.LOG:
-                pipe.publish(owner, payload)
+        pipe.publish(execution_channel(execution_id), everything)
+        pipe.publish(ADMIN_CHANNEL, everything)
+        if for_owner:
+            owner = everything if len(for_owner) == len(events) else encode_all(for_owner)
+            pipe.publish(user_channel(user_id), owner)
         await pipe.execute()

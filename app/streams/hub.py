@@ -22,6 +22,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from sse_starlette.event import ServerSentEvent
 
+from app.executions.events import decode_message
+
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 1000
@@ -43,8 +45,12 @@ class Published:
     """The whole SSE frame (id, event, data lines)."""
 
     @classmethod
-    def decode(cls, channel: str, raw: bytes) -> Published:
-        message = json.loads(raw)
+    def decode_all(cls, channel: str, raw: bytes) -> list[Published]:
+        """The events of one message, in order (:func:`~app.executions.events.decode_message`)."""
+        return [cls.decode(channel, item) for item in decode_message(raw)]
+
+    @classmethod
+    def decode(cls, channel: str, message: dict[str, Any]) -> Published:
         data_json = json.dumps(message["data"])
         socket_text = (
             f'{{"channel": {json.dumps(channel)}, "event": {json.dumps(message["event"])}, '
@@ -199,12 +205,13 @@ class Hub:
             if not subscribers:
                 return
             try:
-                published = Published.decode(name, message["data"])
+                published = Published.decode_all(name, message["data"])
             except (ValueError, KeyError, TypeError):
                 log.warning("dropping a malformed message on %s", name)
                 return
-            for subscription in subscribers:
-                subscription.deliver(published)
+            for event in published:
+                for subscription in subscribers:
+                    subscription.deliver(event)
 
     def _fail_all(self) -> None:
         """Streams cannot trust their feed after a connection loss: end them (clients resume)
