@@ -9,13 +9,14 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import sqlalchemy.exc
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import MetaData
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.ext.asyncio import (
@@ -94,6 +95,10 @@ def create_engine(
     )
 
 
+class PoolTimeout(Exception):
+    """No connection of a driver pool came free in time: the process is overloaded."""
+
+
 # Only errors the database and Redis clients raise: a plain ConnectionError could come from a
 # tool, and running a step's tools again is not harmless.
 _TRANSIENT = (
@@ -104,6 +109,7 @@ _TRANSIENT = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
     sqlalchemy.exc.OperationalError,  # e.g. the database refused or dropped the connection
     sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time: overloaded
+    PoolTimeout,  # the same, in a driver pool
     RedisConnectionError,
     RedisTimeoutError,
 )
@@ -174,6 +180,11 @@ async def _committed(session: AsyncSession) -> AsyncIterator[None]:
             log.exception("after-commit callback %r failed", callback)
 
 
+# What a :class:`RawStatement` runs on: a SQLAlchemy connection (in its transaction, if any), or
+# a driver pool's asyncpg connection.
+# (asyncpg has no type hints, so this is Any to the type checker.)
+Connection: TypeAlias = Any
+
 _NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 
 
@@ -198,7 +209,7 @@ class RawStatement:
 
         return cls(_NAMED.sub(number, sql), tuple(names))
 
-    async def fetchrow(self, conn: AsyncConnection, values: Mapping[str, Any]) -> Any:
+    async def fetchrow(self, conn: Connection, values: Mapping[str, Any]) -> Any:
         """The first row (an asyncpg ``Record``) or None; jsonb comes back decoded."""
         driver = await _driver(conn)
         try:
@@ -207,7 +218,7 @@ class RawStatement:
             await _forget_if_dead(conn, exc)
             raise
 
-    async def fetch(self, conn: AsyncConnection, values: Mapping[str, Any]) -> list[Any]:
+    async def fetch(self, conn: Connection, values: Mapping[str, Any]) -> list[Any]:
         """All rows (asyncpg ``Record``s)."""
         driver = await _driver(conn)
         try:
@@ -217,7 +228,7 @@ class RawStatement:
             raise
         return rows
 
-    async def execute(self, conn: AsyncConnection, values: Mapping[str, Any]) -> str:
+    async def execute(self, conn: Connection, values: Mapping[str, Any]) -> str:
         """Run it; returns the command tag (``UPDATE 1``)."""
         driver = await _driver(conn)
         try:
@@ -231,14 +242,60 @@ class RawStatement:
         return [values[name] for name in self.names]
 
 
-async def _forget_if_dead(conn: AsyncConnection, exc: Exception) -> None:
+async def _forget_if_dead(conn: Connection, exc: Exception) -> None:
     """SQLAlchemy does not see errors raised on the raw connection: a dead one must be taken
-    out of the pool here, or the next step would get it again."""
-    if is_transient(exc):
+    out of the pool here, or the next step would get it again. (An asyncpg pool checks its
+    connections itself when they come back.)"""
+    if isinstance(conn, AsyncConnection) and is_transient(exc):
         with contextlib.suppress(Exception):
             await conn.invalidate()
 
 
-async def _driver(conn: AsyncConnection) -> Any:
+async def _driver(conn: Connection) -> Any:
+    if not isinstance(conn, AsyncConnection):
+        return conn
     raw = await conn.get_raw_connection()
     return raw.driver_connection
+
+
+async def create_driver_pool(url: str, *, size: int) -> asyncpg.Pool:
+    """An asyncpg pool of at most ``size`` connections, for statements run straight on the
+    driver (:class:`RawStatement`): the worker's per-step path, where SQLAlchemy's checkout
+    around each statement costs more than the pool needs. Same connection arguments and jsonb
+    handling as :func:`create_engine`'s connections."""
+    dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
+    _, connect_args = dialect.create_connect_args(make_url(async_url(url)))  # type: ignore[no-untyped-call]
+    pool = await asyncpg.create_pool(min_size=1, max_size=size, init=_json_codecs, **connect_args)
+    assert pool is not None
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def driver_connection(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[Any]:
+    """A connection of ``pool`` for the block; :class:`PoolTimeout` after ``timeout`` s."""
+    try:
+        conn = await pool.acquire(timeout=timeout)
+    except TimeoutError as exc:
+        raise PoolTimeout(f"no database connection came free within {timeout:g} s") from exc
+    try:
+        yield conn
+    finally:
+        await pool.release(conn)
+
+
+async def _json_codecs(conn: asyncpg.Connection) -> None:
+    """json and jsonb as SQLAlchemy's asyncpg dialect sets them up: JSON text in, decoded out."""
+    await conn.set_type_codec(
+        "json",
+        encoder=str.encode,
+        decoder=lambda value: json.loads(value.decode()),
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda value: b"\x01" + value.encode(),
+        decoder=lambda value: json.loads(value[1:].decode()),
+        schema="pg_catalog",
+        format="binary",
+    )

@@ -27,7 +27,7 @@ async def test_one_beat_refreshes_every_held_execution_and_stops_the_ones_taken_
         )
     stopped: list[uuid.UUID] = []
     engine = db.execution_options(isolation_level="AUTOCOMMIT")
-    heartbeat = Heartbeat(engine, WorkerTuning(heartbeat_interval=1, stale_after=10))
+    heartbeat = Heartbeat(engine.connect, WorkerTuning(heartbeat_interval=1, stale_after=10))
     for execution_id in ids:
         # The last one is held under a lease it no longer has (killed, or handed on).
         lease = 0 if execution_id == ids[-1] else 1
@@ -50,7 +50,7 @@ async def test_a_heartbeat_that_cannot_get_through_stops_what_the_sweep_may_take
     now = [1000.0]
     monkeypatch.setattr("app.executions.heartbeat.time.monotonic", lambda: now[0])
     unreachable = create_engine("postgresql://postgres@127.0.0.1:9/none", pre_ping=False)
-    heartbeat = Heartbeat(unreachable, WorkerTuning(heartbeat_interval=1, stale_after=10))
+    heartbeat = Heartbeat(unreachable.connect, WorkerTuning(heartbeat_interval=1, stale_after=10))
     stopped: list[str] = []
     heartbeat.hold(uuid.uuid4(), 1, lambda: stopped.append("old"))
     now[0] += 7

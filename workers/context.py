@@ -13,7 +13,7 @@ import httpx
 from app.agents.drivers.clients import ShardedClient
 from app.agents.sandbox import open_sandbox
 from app.config import Settings
-from app.db import create_engine
+from app.db import create_driver_pool, create_engine, driver_connection
 from app.executions.heartbeat import Heartbeat
 from app.executions.interrupts import RunningChunks
 from app.undumpable import make_undumpable
@@ -37,25 +37,30 @@ async def open_context(settings: Settings) -> dict[str, Any]:
     make_undumpable()
     sandbox = await asyncio.to_thread(open_sandbox, settings.sandbox, settings.workspace_base)
     tuning = settings.worker
-    # No pre-ping: it would cost a round trip per step; a dead connection is a transient error.
+    steps_size, other_size = split_pool(tuning.db_pool_size)
+    # The per-step statements (claim, step, heartbeat) go straight to an asyncpg pool.
+    pg = await create_driver_pool(settings.database_url, size=steps_size)
+    # The rest (spawns, failures, sweeps, schedules, webhooks) through SQLAlchemy. No pre-ping:
+    # it would cost a round trip per use; a dead connection is a transient error.
     db = create_engine(
         settings.database_url,
-        pool_size=tuning.db_pool_size,
+        pool_size=other_size,
         max_overflow=0,
         pool_timeout=tuning.db_pool_timeout,
         pre_ping=False,
     ).execution_options(isolation_level="AUTOCOMMIT")
-    heartbeat = Heartbeat(db, tuning)
+    heartbeat = Heartbeat(lambda: driver_connection(pg, tuning.db_pool_timeout), tuning)
     return {
         "settings": settings,
         "db": db,
+        "pg": pg,
         "http": httpx.AsyncClient(),
         "models": ShardedClient(tuning.http_max_connections),
         "worker_id": worker_id(),
         "running": RunningChunks(),
         "sandbox": sandbox,
         "heartbeat": heartbeat,
-        "db_slots": asyncio.Semaphore(tuning.db_pool_size),
+        "db_slots": asyncio.Semaphore(steps_size),
         "draining": asyncio.Event(),
         "heartbeat_task": asyncio.create_task(heartbeat.run()),
     }
@@ -69,3 +74,11 @@ async def close_context(ctx: dict[str, Any]) -> None:
     await ctx["http"].aclose()
     await ctx["models"].aclose()
     await ctx["db"].dispose()
+    await ctx["pg"].close()
+
+
+def split_pool(size: int) -> tuple[int, int]:
+    """``worker.db_pool_size`` shared out: the step statements' pool and SQLAlchemy's (up to
+    4 connections for the rest), at least one each."""
+    other = min(4, max(1, size // 5))
+    return max(1, size - other), other

@@ -12,8 +12,10 @@ import contextlib
 import logging
 import time
 import uuid
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypedDict
 
+import asyncpg
 import httpx
 from arq.connections import ArqRedis
 from arq.worker import Retry
@@ -30,7 +32,7 @@ from app.agents.spec import AgentTypeSpec
 from app.agents.state import AgentState, EventOutcome, SubagentResult
 from app.agents.subagents import refuse_subagents
 from app.config import Settings
-from app.db import is_transient, transaction_connection
+from app.db import driver_connection, is_transient, transaction_connection
 from app.executions import events, subagent_repository, worker_repository
 from app.executions.children import new_children
 from app.executions.effects import Effects
@@ -82,6 +84,8 @@ class WorkerContext(TypedDict):
     running: RunningChunks
     sandbox: Sandbox
     heartbeat: Heartbeat
+    # The step statements' pool (asyncpg; ``db`` is SQLAlchemy's, for everything else).
+    pg: asyncpg.Pool
     # One per pooled connection: steps queue here, cheaply, rather than in the pool's checkout.
     db_slots: asyncio.Semaphore
     # Set when the process stops (a signal, or over its memory cap): chunks end at their next
@@ -261,7 +265,7 @@ class ChunkRunner:
                     written = await worker_repository.commit_step(conn, step)
             else:
                 step, children = self._step_commit(record, persisted, delivered)
-                async with self.db.connect() as conn:
+                async with self._connection() as conn:
                     written = await worker_repository.commit_step(conn, step)
         if written is None:
             raise LeaseLost
@@ -371,6 +375,10 @@ class ChunkRunner:
         )
         return step, children
 
+    def _connection(self) -> AbstractAsyncContextManager[Any]:
+        """A connection of the step statements' pool."""
+        return driver_connection(self.ctx["pg"], self.settings.worker.db_pool_timeout)
+
     async def _fail(self, error_type: str, message: str) -> None:
         error = {"type": error_type, "message": message}
         async with self.db.connect() as conn:
@@ -425,7 +433,8 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retri
     counts the transient infrastructure failures that came before this job."""
     settings = ctx["settings"]
     try:
-        async with ctx["db_slots"], ctx["db"].connect() as conn:
+        pool_timeout = settings.worker.db_pool_timeout
+        async with ctx["db_slots"], driver_connection(ctx["pg"], pool_timeout) as conn:
             claim = await worker_repository.claim_execution(
                 conn, uuid.UUID(execution_id), lease, ctx["worker_id"]
             )

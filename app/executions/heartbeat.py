@@ -14,9 +14,9 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import Any
 
 from app.config import WorkerTuning
 from app.executions import worker_repository
@@ -34,8 +34,10 @@ class _Held:
 class Heartbeat:
     """The executions this process holds, and the loop that keeps their leases alive."""
 
-    def __init__(self, db: AsyncEngine, tuning: WorkerTuning) -> None:
-        self.db = db
+    def __init__(
+        self, connect: Callable[[], AbstractAsyncContextManager[Any]], tuning: WorkerTuning
+    ) -> None:
+        self.connect = connect  # a database connection for one statement
         self.interval = tuning.heartbeat_interval
         # A failed attempt can take an interval (its timeout), so fencing starts two intervals
         # before the sweep's limit (never sooner than one interval: a heartbeat is always tried).
@@ -73,7 +75,7 @@ class Heartbeat:
             self.last_ok = attempt
             return
         try:
-            async with asyncio.timeout(self.interval), self.db.connect() as conn:
+            async with asyncio.timeout(self.interval), self.connect() as conn:
                 alive = await worker_repository.record_heartbeats(
                     conn, {execution_id: h.lease for execution_id, h in held.items()}
                 )
