@@ -173,10 +173,23 @@ async def _work(settings: Settings, args: argparse.Namespace) -> None:
     stopped over its memory cap exits with EXIT_RECYCLED, so whoever runs it starts another."""
     from app import metrics
     from workers.runner import WorkerGroup
-    from workers.supervisor import EXIT_RECYCLED, NoPools, PoolPlan, Supervisor, plan_pools
+    from workers.supervisor import (
+        EXIT_RECYCLED,
+        NoPools,
+        PoolPlan,
+        Supervisor,
+        plan_pools,
+        pool_size_each,
+        serve_metrics,
+        stop_with_supervisor,
+        supervised,
+    )
 
     grace = settings.worker.drain_grace
     if args.queue and args.processes == 1:
+        stop_with_supervisor()
+        if settings.metrics.worker_listen and not supervised():
+            serve_metrics(settings.metrics.worker_listen)
         group = WorkerGroup(
             settings,
             args.queue,
@@ -185,6 +198,8 @@ async def _work(settings: Settings, args: argparse.Namespace) -> None:
             max_memory_mb=args.max_memory_mb,
         )
         await group.run()
+        if group.failed:
+            sys.exit(1)
         if group.recycled:
             sys.exit(EXIT_RECYCLED)
         return
@@ -207,7 +222,8 @@ async def _work(settings: Settings, args: argparse.Namespace) -> None:
             sys.exit(2)
     # Before the children start: they record their metrics in files the supervisor sums.
     metrics.use_multiprocess_dir()
-    await Supervisor(pools, grace=grace).run(metrics_listen=settings.metrics.worker_listen)
+    supervisor = Supervisor(pools, grace=grace, db_pool_size=pool_size_each(settings, pools))
+    await supervisor.run(metrics_listen=settings.metrics.worker_listen)
 
 
 async def _dev(settings: Settings, host: str, port: int) -> None:

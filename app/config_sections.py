@@ -240,6 +240,12 @@ class WorkerTuning(_Section):
     stale_after: PositiveFloat = 60
     max_recoveries: int = Field(default=3, ge=0)
     sweep_interval: PositiveInt = 30
+    db_connections: PositiveInt = Field(
+        default=50,
+        description="PostgreSQL connections of all the processes one `agents worker` "
+        "supervises, shared out: each gets this divided by their number (at least 5, at most "
+        "db_pool_size)",
+    )
     drain_grace: PositiveFloat = Field(
         default=30,
         description="seconds a stopping worker waits for its running chunks to reach a step "

@@ -83,7 +83,10 @@ IN_FLIGHT = Gauge(
 def use_multiprocess_dir() -> str:
     """Share metrics between this process and the ones it starts: the directory named by
     ``PROMETHEUS_MULTIPROC_DIR`` if set, else a new temporary one (exported, removed at exit).
-    Call before anything imports this module."""
+    Call before starting them: a process records to the directory only if the variable was set
+    when it first imported this module (the supervisor itself records nothing). A directory
+    given by the operator should be emptied before the service starts, as prometheus-client
+    asks: files of processes that died keep counting in the live gauges."""
     directory = os.environ.get(MULTIPROC_ENV)
     if directory:
         return directory

@@ -38,9 +38,14 @@ class RequestMetrics:
                 _observe(scope, 500, started)
 
 
+# Any other method a client sends is one series, whatever it is.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def _observe(scope: Scope, status: int, started: float) -> None:
     route = scope.get("route")
     template = getattr(route, "path", None) if isinstance(route, BaseRoute) else None
-    metrics.HTTP_REQUESTS.labels(scope["method"], template or "unmatched", str(status)).observe(
+    method = scope["method"] if scope["method"] in _METHODS else "other"
+    metrics.HTTP_REQUESTS.labels(method, template or "unmatched", str(status)).observe(
         time.perf_counter() - started
     )

@@ -43,6 +43,8 @@ async def test_a_scrape_counts_executions_steps_tokens_requests_and_queues(
         await run_worker(settings)
         await start(http, alice, "metered")  # left queued: no worker runs now
         await http.get("/no/such/path/12345", headers=alice.headers)
+        for method in ("PROPFIND", "MKCOL", "BREW"):  # unknown methods: one series
+            await http.request(method, "/api/agents")
         after = await scrape(http, admin)
         anonymous = await http.get("/metrics")
         not_admin = await http.get("/metrics", headers=bob.headers)
@@ -65,6 +67,9 @@ async def test_a_scrape_counts_executions_steps_tokens_requests_and_queues(
     unmatched = {"method": "GET", "route": "unmatched", "status": "404"}
     assert delta("agents_http_request_duration_seconds_count", **unmatched) == 1
     assert not any("12345" in str(labels) for _, labels in after)
+    other = {"method": "other", "route": "/api/agents", "status": "405"}
+    assert delta("agents_http_request_duration_seconds_count", **other) == 3
+    assert not any("PROPFIND" in str(labels) for _, labels in after)
     # Read at scrape time.
     assert value(after, "agents_queue_jobs", queue="agents-default") == 1
     assert value(after, "agents_queue_oldest_wait_seconds", queue="agents-default") > 0

@@ -22,7 +22,8 @@ from tests.conftest import scripted_type
 from tests.fixtures.api import api_client
 from tests.fixtures.executions import start, step_numbers
 from tests.fixtures.processes import agents, free_port, service_env, slow_type_config
-from workers.supervisor import PoolPlan, plan_pools
+from workers.runner import WorkerGroup
+from workers.supervisor import PoolPlan, plan_pools, pool_size_each
 
 
 def pools_toml(default: str) -> str:
@@ -189,6 +190,9 @@ def test_pools_come_from_settings_and_unpooled_queues_join_the_default_pool(make
         "512",
     ]
     assert PoolPlan("x", ("q",), 1).argv()[3:] == ["worker", "--queue", "q"]
+    # 50 connections shared by 3 processes, at most db_pool_size (20) each; at least 5.
+    assert pool_size_each(settings, list(plans.values())) == 16
+    assert pool_size_each(settings, [PoolPlan("x", ("q",), 40)]) == 5
 
 
 def test_worker_refuses_when_every_pool_is_off(settings, tmp_path):
@@ -199,3 +203,38 @@ def test_worker_refuses_when_every_pool_is_off(settings, tmp_path):
     result = agents("worker", env=service_env(settings, tmp_path, AGENTS_CONFIG_FILE=str(config)))
     assert result.returncode == 2
     assert "no worker would run" in result.stderr
+
+
+async def test_a_memory_cap_below_an_idle_worker_is_an_error_with_backoff(
+    settings, tmp_path, redis
+):
+    config = slow_type_config(
+        tmp_path, steps=1, delay=0, extra=pools_toml("processes = 1\nmax_memory_mb = 1")
+    )
+    env = service_env(
+        settings, tmp_path, AGENTS_CONFIG_FILE=str(config), AGENTS_WORKER__HEARTBEAT_INTERVAL="0.2"
+    )
+    log = tmp_path / "supervisor.log"
+    supervisor = supervise(env, log)
+    try:
+        for _ in range(300):
+            if "restarting in" in log.read_text():
+                break
+            await asyncio.sleep(0.05)
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(15) == 0
+    finally:
+        stop(supervisor)
+    text = log.read_text()
+    assert "before running anything, over its max_memory_mb of 1: raise max_memory_mb" in text
+    assert "exited with code 1" in text
+    assert "stopped at its memory cap" not in text
+
+
+async def test_a_process_whose_queue_worker_dies_stops_to_be_restarted(settings, redis, caplog):
+    # The long queue's key holds a string: arq's poll of it fails with WRONGTYPE.
+    await redis.set("agents-long", "not a queue")
+    group = WorkerGroup(settings, settings.queue_names())
+    await asyncio.wait_for(group.run(handle_signals=False), 20)  # it stops by itself
+    assert group.failed
+    assert "the worker of queue agents-long died: stopping this process" in caplog.text

@@ -56,6 +56,7 @@ class WorkerGroup:
         self.job_timeout = job_timeout or settings.job_timeout()
         self.max_memory_mb = max_memory_mb
         self.recycled = False
+        self.failed = False  # a queue's worker died; the process should be restarted
         self.workers: list[Worker] = []
         self._draining: asyncio.Event | None = None
         self._stopping = False
@@ -88,9 +89,6 @@ class WorkerGroup:
                     log_results=False,
                 )
             )
-        if self._stopping:  # stopped while starting
-            self._stopping = False
-            self.stop()
         listener = asyncio.create_task(listen_for_stops(self.settings.redis_url, ctx["running"]))
         alive = asyncio.create_task(self._announce_alive(ctx))
         if handle_signals:
@@ -100,8 +98,10 @@ class WorkerGroup:
         log.info("workers started on queues %s", ", ".join(self.queues))
         idle_watch = asyncio.create_task(self._stop_when_idle()) if self.burst else None
         try:
-            # Every queue's worker drains to its end: the first one done must not cut the rest.
-            await asyncio.gather(*(w.async_run() for w in self.workers), return_exceptions=True)
+            if not self._stopping:  # else stopped while starting: take no job at all
+                # Every queue's worker drains to its end: the first one done must not cut the
+                # rest short.
+                await asyncio.gather(*(self._serve(worker) for worker in self.workers))
         except asyncio.CancelledError:
             pass
         finally:
@@ -114,6 +114,19 @@ class WorkerGroup:
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
             await close_context(ctx)
+
+    async def _serve(self, worker: Worker) -> None:
+        """One queue's arq worker until it stops. If it dies (arq's poll loop lets a Redis
+        error through), the whole process drains and reports ``failed``: a process that
+        announces itself alive must serve all its queues, and its supervisor restarts it."""
+        try:
+            await worker.async_run()
+        except asyncio.CancelledError:
+            pass  # how arq's workers end when stopped
+        except Exception:
+            log.exception("the worker of queue %s died: stopping this process", worker.queue_name)
+            self.failed = True
+            self.stop()
 
     async def _announce_alive(self, ctx: dict[str, Any]) -> None:
         """Record this process as a live worker every heartbeat interval; forget it on stop."""
@@ -129,7 +142,7 @@ class WorkerGroup:
                         ),
                     )
                 await asyncio.sleep(self.settings.worker.heartbeat_interval)
-                self._recycle_if_over(rss_mb())
+                self._recycle_if_over(rss_mb(), ran_work=ctx["heartbeat"].claims > 0)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(forget_worker(redis, ctx["worker_id"]))
@@ -160,8 +173,19 @@ class WorkerGroup:
             await redis.aclose()
         self.stop()
 
-    def _recycle_if_over(self, used_mb: float) -> None:
+    def _recycle_if_over(self, used_mb: float, *, ran_work: bool) -> None:
         if self.max_memory_mb is None or self.recycled or used_mb <= self.max_memory_mb:
+            return
+        if not ran_work:
+            # Replacing it would not help: a fresh process is over the cap before any work.
+            log.error(
+                "worker uses %.0f MB before running anything, over its max_memory_mb of %d: "
+                "raise max_memory_mb; stopping",
+                used_mb,
+                self.max_memory_mb,
+            )
+            self.failed = True
+            self.stop()
             return
         log.warning(
             "worker uses %.0f MB, over its max_memory_mb of %d: handing its executions over "

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -65,6 +66,14 @@ class PoolPlan:
             f"pool {self.name}: {self.processes} process(es) on {', '.join(self.queues)}"
             + "".join(f", {limit}" for limit in limits if limit)
         )
+
+
+def pool_size_each(settings: Settings, pools: list[PoolPlan]) -> int:
+    """Each supervised process's PostgreSQL connections: ``worker.db_connections`` shared out,
+    at least 5, at most ``worker.db_pool_size``."""
+    processes = sum(pool.processes for pool in pools)
+    tuning = settings.worker
+    return max(5, min(tuning.db_pool_size, tuning.db_connections // max(1, processes)))
 
 
 class NoPools(ValueError):
@@ -118,8 +127,10 @@ class Supervisor:
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         healthy_after: float = 30.0,
+        db_pool_size: int | None = None,
     ) -> None:
         self.pools = pools
+        self.db_pool_size = db_pool_size
         self.grace = grace
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -131,9 +142,7 @@ class Supervisor:
         """Until :meth:`stop`; with ``metrics_listen`` (host:port), the children's summed
         metrics are served there (no auth: bind it to a private address)."""
         if metrics_listen:
-            host, _, port = metrics_listen.rpartition(":")
-            start_http_server(int(port), host or "0.0.0.0", registry=metrics.registry())
-            log.info("worker metrics on http://%s/metrics", metrics_listen)
+            serve_metrics(metrics_listen)
         if handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -145,26 +154,31 @@ class Supervisor:
             for pool in self.pools
             for slot in range(pool.processes)
         ]
-        await self._stopping.wait()
-        await self._stop_children()
-        for task in slots:
-            task.cancel()
-        await asyncio.gather(*slots, return_exceptions=True)
+        # Each slot stops its own process (it drains) once stopping is set.
+        await asyncio.gather(*slots)
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def _keep(self, pool: PoolPlan, slot: int) -> None:
-        """Keep one process of the pool running until the supervisor stops."""
+        """Keep one process of the pool running until the supervisor stops, then stop it."""
         loop = asyncio.get_running_loop()
         young_deaths = 0
         while not self._stopping.is_set():
             started = loop.time()
-            process = await asyncio.create_subprocess_exec(
-                *pool.argv(), preexec_fn=_stop_with_parent
-            )
+            try:
+                process = await asyncio.create_subprocess_exec(*pool.argv(), env=self._env())
+            except OSError as exc:  # fork or exec refused: out of memory or processes
+                young_deaths += 1
+                delay = self._delay(young_deaths)
+                log.error(
+                    "pool %s process %d could not start (%s); trying again in %g s",
+                    pool.name, slot, exc, delay,
+                )  # fmt: skip
+                await self._sleep(delay)
+                continue
             self.children[(pool.name, slot)] = process
-            code = await process.wait()
+            code = await self._wait_or_stop(process)
             metrics.process_ended(process.pid)
             lived = loop.time() - started
             if self._stopping.is_set():
@@ -173,56 +187,80 @@ class Supervisor:
                 log.info(
                     "pool %s process %d (pid %d) stopped at its memory cap after %.1f s; "
                     "starting a fresh one",
-                    pool.name,
-                    slot,
-                    process.pid,
-                    lived,
-                )
+                    pool.name, slot, process.pid, lived,
+                )  # fmt: skip
                 young_deaths = 0
                 continue
             young_deaths = young_deaths + 1 if lived < self.healthy_after else 1
-            delay = min(self.max_backoff, self.backoff * 2 ** (young_deaths - 1))
+            delay = self._delay(young_deaths)
             log.error(
                 "pool %s process %d (pid %d) exited with %s after %.1f s; restarting in %g s",
-                pool.name,
-                slot,
-                process.pid,
-                describe_exit(code),
-                lived,
-                delay,
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+                pool.name, slot, process.pid, describe_exit(code), lived, delay,
+            )  # fmt: skip
+            await self._sleep(delay)
 
-    async def _stop_children(self) -> None:
-        """SIGTERM every child (it drains), then SIGKILL those still running after the grace
-        period and a little time to close."""
-        running = [p for p in self.children.values() if p.returncode is None]
-        for process in running:
+    def _env(self) -> dict[str, str]:
+        env = {**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())}
+        if self.db_pool_size is not None:
+            env["AGENTS_WORKER__DB_POOL_SIZE"] = str(self.db_pool_size)
+        return env
+
+    def _delay(self, young_deaths: int) -> float:
+        return float(min(self.max_backoff, self.backoff * 2.0 ** (young_deaths - 1)))
+
+    async def _sleep(self, delay: float) -> None:
+        """``delay`` seconds, or less if the supervisor stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _wait_or_stop(self, process: asyncio.subprocess.Process) -> int:
+        """The process's exit code. If the supervisor stops first: SIGTERM (it drains), and
+        SIGKILL if it is still running after the grace period and a little time to close."""
+        exited = asyncio.create_task(process.wait())
+        stopping = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait([exited, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not exited.done():
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
-        waits = [asyncio.create_task(p.wait()) for p in running]
-        if not waits:
-            return
-        _, late = await asyncio.wait(waits, timeout=self.grace + 10)
-        for process in running:
-            if process.returncode is None:
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), self.grace + 10)
+            except TimeoutError:
                 log.error("pid %d did not stop within the grace period: killing it", process.pid)
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
-        if late:
-            await asyncio.wait(late)
+        return await exited
 
 
-def _stop_with_parent() -> None:
-    """In the child, before exec: a SIGTERM when the supervisor dies, however it dies, so no
-    worker outlives it unsupervised (Linux; elsewhere they run on until stopped)."""
+def serve_metrics(listen: str) -> None:
+    """Serve this process's metrics (in multi-process mode: every process's) on ``listen``
+    (host:port), from a thread, without auth: bind it to a private address."""
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port), host or "0.0.0.0", registry=metrics.registry())
+    log.info("worker metrics on http://%s/metrics", listen)
+
+
+def supervised() -> bool:
+    """Whether this process is a worker ``agents worker`` started."""
+    return SUPERVISOR_PID_ENV in os.environ
+
+
+def stop_with_supervisor() -> None:
+    """In a worker the supervisor started: get SIGTERM (and drain) when the supervisor dies,
+    however it dies, so no worker outlives it unsupervised (Linux; elsewhere they run on). If
+    it died before this ran, exit now: nothing has started yet."""
+    supervisor = os.environ.get(SUPERVISOR_PID_ENV)
+    if not supervisor:
+        return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(supervisor):
+        sys.exit(0)
 
 
 _PR_SET_PDEATHSIG = 1
+SUPERVISOR_PID_ENV = "AGENTS_SUPERVISOR_PID"
 
 
 def describe_exit(code: int) -> str:

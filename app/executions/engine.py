@@ -269,7 +269,12 @@ class ChunkRunner:
                     written = await worker_repository.commit_step(conn, step)
         if written is None:
             raise LeaseLost
-        self.tree_tokens = written.tree_tokens
+        root = self.claim.root
+        if root is not None and record.tokens_used:
+            async with self._connection() as conn:
+                self.tree_tokens = await worker_repository.roll_up_tokens(
+                    conn, root.id, record.tokens_used
+                )
         effects = self._effects()
         # The step's rows share its statement's time (now() is the transaction's).
         step_events = [
@@ -365,7 +370,6 @@ class ChunkRunner:
                 "token_usage": state.usage.total_tokens,
             },
             entries=[entry.row() for entry in record.logs],
-            step_tokens=record.tokens_used,
             finish=finish,
             output={"response": state.final_answer} if finish is COMPLETE else None,
             metadata={"question": state.pending_question} if finish is ASK else None,

@@ -43,11 +43,13 @@ class Heartbeat:
         # before the sweep's limit (never sooner than one interval: a heartbeat is always tried).
         self.fence_after = max(tuning.stale_after - 2 * self.interval, self.interval)
         self._held: dict[uuid.UUID, _Held] = {}
+        self.claims = 0  # chunks held since the process started
         self.last_ok = time.monotonic()
 
     def hold(self, execution_id: uuid.UUID, lease: int, stop: Callable[[], None]) -> None:
         """Keep ``execution_id`` alive under ``lease``; ``stop`` ends its chunk."""
         self._held[execution_id] = _Held(lease, stop, time.monotonic())
+        self.claims += 1
 
     def release(self, execution_id: uuid.UUID) -> None:
         self._held.pop(execution_id, None)

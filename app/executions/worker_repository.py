@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.db import RawStatement, json_serializer
+from app.db import Connection, RawStatement, json_serializer
 from app.executions.transitions import (
     ASK,
     CLAIM,
@@ -126,14 +126,6 @@ _COMMIT_STEP = RawStatement.compile(
             )""",
             f"children_log AS ({creation_log(SPAWN, source='children')})",
             _CONSUME_PAUSE,
-            # A subagent's tokens count on its root too (the tree's budget).
-            """rolled_up AS (
-                UPDATE agent_executions r
-                SET descendant_tokens = r.descendant_tokens + :step_tokens::bigint
-                FROM changed
-                WHERE r.id = changed.root_id
-                RETURNING r.token_usage + r.descendant_tokens AS tree_tokens
-            )""",
             """delivered AS (
                 UPDATE agent_signals SET processed = true, processed_at = now()
                 WHERE id = ANY(:delivered::bigint[]) AND EXISTS (SELECT 1 FROM changed)
@@ -161,10 +153,20 @@ _COMMIT_STEP = RawStatement.compile(
         SELECT changed.*, status_log.id AS log_id, status_log.context AS log_context,
                step_log.id AS step_log_id, step_log.created_at AS step_created_at,
                (SELECT coalesce(array_agg(x.id ORDER BY x.id), '{}') FROM entries_log x)
-                   AS entry_ids,
-               (SELECT tree_tokens FROM rolled_up) AS tree_tokens
+                   AS entry_ids
         FROM changed JOIN step_log ON true LEFT JOIN status_log ON true""",
     )
+)
+
+# A subagent's step's tokens, added to its root after the step committed. A statement of its
+# own: the step statement locks the subagent's row, a cancel locks the root's and then its
+# subagents'; taking the root's row in the step statement too would let the two deadlock.
+_ROLL_UP = RawStatement.compile(
+    """
+    UPDATE agent_executions SET descendant_tokens = descendant_tokens + :tokens::bigint
+    WHERE id = :root
+    RETURNING token_usage + descendant_tokens AS tree_tokens
+    """
 )
 
 _FAIL = RawStatement.compile(
@@ -265,7 +267,6 @@ class StepCommit:
     children: list[NewChild] | None = None
     wait: dict[str, Any] | None = None
     delivered: list[int] | None = None
-    step_tokens: int = 0  # the step's own tokens, added to its root's descendant_tokens
 
     def parameters(self) -> dict[str, Any]:
         def encoded(value: object) -> str | None:
@@ -284,7 +285,6 @@ class StepCommit:
             "lease": self.lease,
             "step_count": self.step_count,
             "token_usage": self.usage["input_tokens"] + self.usage["output_tokens"],
-            "step_tokens": self.step_tokens,
             "usage": json_serializer(self.usage),
             "snapshot": json_serializer(self.snapshot),
             "finish_move": None if self.finish is None else self.finish.name,
@@ -378,7 +378,6 @@ class StepWritten:
     status: Status
     change: StatusChange | None  # set when the step ended or parked the execution
     entry_ids: list[int]  # the ids of the step's tool and warning rows, in order
-    tree_tokens: int | None  # a subagent's step: its root's tokens with all its descendants'
 
 
 async def claim_execution(
@@ -426,8 +425,14 @@ async def commit_step(conn: AsyncConnection, step: StepCommit) -> StepWritten | 
     change = None if row["log_id"] is None else StatusChange.from_row(row)
     return StepWritten(
         row["step_log_id"], row["step_created_at"], Status(row["status"]), change,
-        list(row["entry_ids"]), row["tree_tokens"],
+        list(row["entry_ids"]),
     )  # fmt: skip
+
+
+async def roll_up_tokens(conn: Connection, root: uuid.UUID, tokens: int) -> int | None:
+    """Add a subagent step's ``tokens`` to its root; the tree's tokens now (None: no root)."""
+    row = await _ROLL_UP.fetchrow(conn, {"root": root, "tokens": tokens})
+    return None if row is None else int(row["tree_tokens"])
 
 
 async def fail_execution(

@@ -24,9 +24,13 @@ def upgrade() -> None:
         "agent_executions",
         sa.Column("descendant_tokens", sa.BigInteger(), server_default="0", nullable=False),
     )
-    # Subagents that exist already: their root, and their tokens counted on it.
-    op.execute(
-        """
+    # Subagents that exist already: their root, and their tokens counted on it. After the
+    # columns are committed, so the backfill holds row locks only, not the table's.
+    with op.get_context().autocommit_block():
+        op.execute(_BACKFILL)
+
+
+_BACKFILL = """
         WITH RECURSIVE tree(id, root_id) AS (
             SELECT id, id FROM agent_executions WHERE parent_id IS NULL
             UNION ALL
@@ -40,7 +44,6 @@ def upgrade() -> None:
         FROM (SELECT root_id, sum(token_usage) AS tokens FROM rooted GROUP BY root_id) AS sums
         WHERE r.id = sums.root_id
         """
-    )
 
 
 def downgrade() -> None:
