@@ -70,7 +70,9 @@ async def test_another_users_execution_and_the_admin_channel_are_refused(
                 await send(ws, action="subscribe", channel=channel)
                 message = await receive(ws)
                 assert (message["event"], message["channel"]) == ("error", channel)
-        async with connect(ws_url(base, admin.token)) as ws:
+        # The events after the first stay unread: an unbounded client queue, or the client
+        # would stop reading at 16 and miss the server's close frame (a 10 s close timeout).
+        async with connect(ws_url(base, admin.token), max_queue=None) as ws:
             await send(ws, action="subscribe", channel="admin.agents")
             assert (await receive(ws))["event"] == "subscribed"
             await send(ws, action="subscribe", channel=f"agent.{created['id']}")
