@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    DateTime,
     TextClause,
     bindparam,
     delete,
@@ -24,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from app.db import RawStatement, json_serializer
 from app.executions.models import Execution, ExecutionLog, ExecutionMessage, IdempotencyKey
 from app.executions.transitions import (
     ANSWER,
@@ -51,18 +51,19 @@ from app.executions.transitions import (
 )
 
 
-def _insert_execution(move: Move) -> TextClause:
+def _insert_execution(move: Move) -> RawStatement:
     """A new execution and its first status log: pending; waiting for an event until
     ``wait.timeout_seconds`` from now; or scheduled to start at ``run_at``."""
-    return text(
+    return RawStatement.compile(
         f"""
         WITH execution AS (
             INSERT INTO agent_executions
                 (id, user_id, agent_type, queue, queue_reason, input, metadata, status, wait,
                  run_at)
-            VALUES (:id, :user_id, :agent_type, :queue, :queue_reason, :input, :metadata,
-                    '{move.target}',
-                    {WAIT_WITH_DEADLINE.format(wait="CAST(:wait AS jsonb)")}, :run_at)
+            VALUES (:id, :user_id, :agent_type, :queue, :queue_reason, :input::jsonb,
+                    :metadata::jsonb, '{move.target}',
+                    {WAIT_WITH_DEADLINE.format(wait="CAST(:wait AS jsonb)")},
+                    :run_at::timestamptz)
             RETURNING *
         ), status_log AS ({creation_log(move, source="execution")})
         SELECT execution.*, '{move.name}' AS move,
@@ -71,12 +72,6 @@ def _insert_execution(move: Move) -> TextClause:
                status_log.context AS log_context
         FROM execution, status_log
         """
-    ).bindparams(
-        bindparam("id", type_=UUID(as_uuid=True)),
-        bindparam("input", type_=JSONB),
-        bindparam("metadata", type_=JSONB),
-        bindparam("wait", type_=JSONB(none_as_null=True)),
-        bindparam("run_at", type_=DateTime(timezone=True)),
     )
 
 
@@ -167,16 +162,14 @@ _REQUEST = text(
 # Keeps the start lock's keys apart from any other advisory lock the database may see.
 _STARTS_LOCK_NAMESPACE = 0x61676E74
 _LOCK_STARTS = text("SELECT pg_advisory_xact_lock(:namespace, :key)")
-_START_USAGE = text(
+_START_USAGE = RawStatement.compile(
     f"""
     SELECT count(*) FILTER (WHERE status NOT IN ({TERMINAL_SQL}, 'scheduled')) AS active,
-           count(*) FILTER (WHERE created_at > :since) AS started,
-           min(created_at) FILTER (WHERE created_at > :since) AS oldest
+           count(*) FILTER (WHERE created_at > :since::timestamptz) AS started,
+           min(created_at) FILTER (WHERE created_at > :since::timestamptz) AS oldest
     FROM agent_executions
-    WHERE user_id = :user_id AND parent_id IS NULL
+    WHERE user_id = :user_id::bigint AND parent_id IS NULL
     """
-).bindparams(
-    bindparam("user_id", type_=BigInteger), bindparam("since", type_=DateTime(timezone=True))
 )
 
 
@@ -197,8 +190,11 @@ async def lock_user_starts(session: AsyncSession, user_id: int) -> None:
 
 
 async def start_usage(session: AsyncSession, user_id: int, *, since: datetime) -> StartUsage:
-    row = (await session.execute(_START_USAGE, {"user_id": user_id, "since": since})).one()
-    return StartUsage(row.active, row.started, row.oldest)
+    """Sent as written on the session's connection (every start runs it): in the transaction
+    that :func:`lock_user_starts` began, when it ran first."""
+    conn = await session.connection()
+    row = await _START_USAGE.fetchrow(conn, {"user_id": user_id, "since": since})
+    return StartUsage(row["active"], row["started"], row["oldest"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,21 +221,22 @@ async def insert_execution(
     path. It is pending; with ``wait`` (``{event, key, timeout_seconds}``) it waits for that
     event; with ``run_at`` it is scheduled to start then."""
     move = CREATE_WAITING if wait is not None else CREATE_SCHEDULED if run_at else CREATE
-    result = await session.execute(
-        _INSERT_EXECUTION[move],
+    # Sent as written on the session's connection, in the transaction the tier check began
+    # (every start takes its lock first).
+    row = await _INSERT_EXECUTION[move].fetchrow(
+        await session.connection(),
         {
-            "wait": wait,
+            "wait": None if wait is None else json_serializer(wait),
             "run_at": run_at,
             "id": uuid.uuid4(),
             "user_id": user_id,
             "agent_type": agent_type,
             "queue": queue,
             "queue_reason": queue_reason,
-            "input": input,
-            "metadata": metadata,
+            "input": json_serializer(input),
+            "metadata": json_serializer(metadata),
         },
     )
-    row = result.one()._mapping
     execution = Execution(**{key: row[column] for key, column in _COLUMNS})
     change = StatusChange.from_row(row)
     return Created(execution, change)
