@@ -82,6 +82,10 @@ def serve(port: int, latency: float, jitter: float) -> None:
         http="httptools",
         backlog=8192,
         limit_concurrency=20000,
+        # Idle keep-alive connections stay open for the run: a server closing one (uvicorn's
+        # default is 5 s) as the client sends on it is a ReadError, which the bench's
+        # max_retries = 0 would count as a failed execution.
+        timeout_keep_alive=600,
     )
 
 
