@@ -355,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("pgserver").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: one line per model call and webhook delivery, which
+    # costs the worker CPU on every step and says nothing the execution logs do not.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = load_settings(embedded=args.command not in SERVICE_COMMANDS)
     try:
         _uvloop_install()

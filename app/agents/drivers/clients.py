@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import certifi
 import httpx
 
-SHARD_CONNECTIONS = 32
+SHARD_CONNECTIONS = 8
 
 
 class ModelClient(Protocol):
