@@ -156,11 +156,11 @@ async def test_a_receiver_failing_twice_gets_three_attempts_with_growing_delays_
     assert 0.3 * 0.8 <= delays[0] < 0.3 * 1.2 + 0.2
     assert 0.6 * 0.8 <= delays[1] < 0.6 * 1.2 + 0.2
     assert delays[1] > delays[0]
-    # No attempt came before its time, and the receiver saw the gaps grow.
+    # No attempt came before its time. (How late each came depends on when the test's burst
+    # worker runs again, so the gaps themselves need not grow: the delays above do.)
     gaps = [second.at - first.at, third.at - second.at]
     assert gaps[0] >= delays[0] - 0.01
     assert gaps[1] >= delays[1] - 0.01
-    assert gaps[1] > gaps[0]
 
 
 async def test_retry_after_delays_the_next_attempt_beyond_the_backoff(
