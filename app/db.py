@@ -95,6 +95,10 @@ def create_engine(
     )
 
 
+class DatabaseUnavailable(Exception):
+    """No connection to PostgreSQL could be made (it restarts, or the network is down)."""
+
+
 class PoolTimeout(Exception):
     """No connection of a driver pool came free in time: the process is overloaded."""
 
@@ -110,6 +114,7 @@ _TRANSIENT = (
     sqlalchemy.exc.OperationalError,  # e.g. the database refused or dropped the connection
     sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time: overloaded
     PoolTimeout,  # the same, in a driver pool
+    DatabaseUnavailable,  # a driver pool could not connect
     RedisConnectionError,
     RedisTimeoutError,
 )
@@ -265,18 +270,35 @@ async def create_driver_pool(url: str, *, size: int) -> asyncpg.Pool:
     handling as :func:`create_engine`'s connections."""
     dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
     _, connect_args = dialect.create_connect_args(make_url(async_url(url)))  # type: ignore[no-untyped-call]
-    pool = await asyncpg.create_pool(min_size=1, max_size=size, init=_json_codecs, **connect_args)
+    for option in _ADAPTER_ONLY:  # SQLAlchemy's adapter reads these; asyncpg refuses them
+        connect_args.pop(option, None)
+    pool = await asyncpg.create_pool(
+        min_size=1, max_size=size, init=_json_codecs, reset=_keep_session, **connect_args
+    )
     assert pool is not None
     return pool
 
 
+_ADAPTER_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """What a connection coming back to the pool needs beyond asyncpg's rollback of an open
+    transaction: nothing (these connections keep no session state). asyncpg's default reset
+    (unlock, close cursors, unlisten, reset settings) would cost a round trip per statement."""
+
+
 @contextlib.asynccontextmanager
 async def driver_connection(pool: asyncpg.Pool, timeout: float) -> AsyncIterator[Any]:
-    """A connection of ``pool`` for the block; :class:`PoolTimeout` after ``timeout`` s."""
+    """A connection of ``pool`` for the block. :class:`PoolTimeout` after ``timeout`` s;
+    :class:`DatabaseUnavailable` when a new connection is needed and cannot be made (both
+    transient: the work is retried from its last commit)."""
     try:
         conn = await pool.acquire(timeout=timeout)
     except TimeoutError as exc:
         raise PoolTimeout(f"no database connection came free within {timeout:g} s") from exc
+    except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to the database: {exc}") from exc
     try:
         yield conn
     finally:

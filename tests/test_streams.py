@@ -423,3 +423,31 @@ def test_the_progress_stream_override_still_applies_to_sse_starlette():
         ProgressStream._send_with_timeout
     )
     assert "self._send_with_timeout(" in inspect.getsource(EventSourceResponse._stream_response)
+
+
+async def test_hostile_messages_on_a_channel_are_dropped_and_the_stream_goes_on(
+    test_redis_url, redis
+):
+    hub = Hub(test_redis_url)
+    await hub.start()
+    try:
+        channel = execution_channel("hostile")
+        subscription = await hub.subscribe(channel)
+        valid = {"event": "log", "id": 7, "data": {"n": 7}}
+        for raw in (
+            '{"event": "log", "id": Infinity, "data": {}}',
+            "[" * 100_000 + "]" * 100_000,  # deeper than the JSON parser goes
+            "[1, 2, 3]",
+            '[{"event": "log", "id": 1, "data": [1]}]',
+            '{"event": "log", "id": "1", "data": {}}',
+            "[]",
+            "not json",
+            json.dumps([valid, {**valid, "id": 8}]),
+        ):
+            await redis.publish(channel, raw)
+        received = [await asyncio.wait_for(subscription.queue.get(), 5) for _ in range(2)]
+        assert [event.id for event in received if event is not None] == [7, 8]
+        assert subscription.queue.empty()
+        hub.release(subscription)
+    finally:
+        await hub.close()

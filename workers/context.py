@@ -78,7 +78,8 @@ async def close_context(ctx: dict[str, Any]) -> None:
 
 
 def split_pool(size: int) -> tuple[int, int]:
-    """``worker.db_pool_size`` shared out: the step statements' pool and SQLAlchemy's (up to
-    4 connections for the rest), at least one each."""
-    other = min(4, max(1, size // 5))
+    """``worker.db_pool_size`` shared out: the step statements' pool and SQLAlchemy's (a
+    quarter, 2 to 4 connections, for the rest: spawns, failures, sweeps, webhook deliveries),
+    at least one for the steps."""
+    other = min(4, max(2, size // 4))
     return max(1, size - other), other

@@ -254,19 +254,19 @@ class ChunkRunner:
         subagent limits: over them, the model reads an error instead and the run goes on.
         """
         state = record.state
-        async with self.ctx["db_slots"]:
-            if state.stop_reason == "awaiting_subagents":
-                async with transaction_connection(self.db) as conn:
-                    budget = await worker_repository.lock_subagent_budget(conn, self.id)
-                    refusal = self._subagent_refusal(budget, len(state.pending_subagents))
-                    if refusal is not None:
-                        refuse_subagents(state, refusal)
-                    step, children = self._step_commit(record, persisted, delivered)
-                    written = await worker_repository.commit_step(conn, step)
-            else:
+        if state.stop_reason == "awaiting_subagents":
+            # On SQLAlchemy's connections, not holding a step slot while it waits for one.
+            async with transaction_connection(self.db) as conn:
+                budget = await worker_repository.lock_subagent_budget(conn, self.id)
+                refusal = self._subagent_refusal(budget, len(state.pending_subagents))
+                if refusal is not None:
+                    refuse_subagents(state, refusal)
                 step, children = self._step_commit(record, persisted, delivered)
-                async with self._connection() as conn:
-                    written = await worker_repository.commit_step(conn, step)
+                written = await worker_repository.commit_step(conn, step)
+        else:
+            step, children = self._step_commit(record, persisted, delivered)
+            async with self.ctx["db_slots"], self._connection() as conn:
+                written = await worker_repository.commit_step(conn, step)
         if written is None:
             raise LeaseLost
         root = self.claim.root

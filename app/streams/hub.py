@@ -51,6 +51,8 @@ class Published:
 
     @classmethod
     def decode(cls, channel: str, message: dict[str, Any]) -> Published:
+        if not isinstance(message.get("data"), dict) or not isinstance(message.get("id"), int):
+            raise ValueError("an event needs an integer id and an object as data")
         data_json = json.dumps(message["data"])
         socket_text = (
             f'{{"channel": {json.dumps(channel)}, "event": {json.dumps(message["event"])}, '
@@ -206,7 +208,7 @@ class Hub:
                 return
             try:
                 published = Published.decode_all(name, message["data"])
-            except (ValueError, KeyError, TypeError):
+            except Exception:  # anything a buggy or hostile publisher sends (deep nesting too)
                 log.warning("dropping a malformed message on %s", name)
                 return
             for event in published:

@@ -3,12 +3,13 @@
 httpcore's connection pool re-scans all its connections (quadratically, with a ``select`` per
 idle one) whenever a request starts or ends, so one pool holding a thousand connections to a
 provider costs milliseconds of CPU per model call. Shards of ``SHARD_CONNECTIONS`` keep that
-cost flat however many calls are in flight; calls are spread over the shards in turn.
+cost flat however many calls are in flight. A call goes to the first shard with a free
+connection, so at low load the calls share a few warm connections (a provider's TLS handshake
+is not paid per call) and the shards fill up one after another as load grows.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import ssl
 from typing import Any, Protocol
@@ -41,11 +42,12 @@ class ShardedClient:
         # One TLS context for all (httpx's default CA bundle): each would load it, about a
         # megabyte apiece.
         tls = ssl.create_default_context(cafile=certifi.where())
+        self.size = size
         self.clients = [
             httpx.AsyncClient(limits=limits, verify=tls)
             for _ in range(math.ceil(max_connections / size))
         ]
-        self._turn = itertools.cycle(self.clients)
+        self.busy = [0] * len(self.clients)  # calls in progress, per shard
 
     async def post(
         self,
@@ -55,7 +57,19 @@ class ShardedClient:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> httpx.Response:
-        return await next(self._turn).post(url, json=json, headers=headers, timeout=timeout)
+        shard = self._pick()
+        self.busy[shard] += 1
+        try:
+            return await self.clients[shard].post(url, json=json, headers=headers, timeout=timeout)
+        finally:
+            self.busy[shard] -= 1
+
+    def _pick(self) -> int:
+        """The first shard with a free connection; when every one is full, the least busy."""
+        for shard, busy in enumerate(self.busy):
+            if busy < self.size:
+                return shard
+        return min(range(len(self.busy)), key=self.busy.__getitem__)
 
     async def aclose(self) -> None:
         for client in self.clients:
