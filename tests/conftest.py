@@ -138,10 +138,19 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 async def clean_state(database_url: str, test_redis_url: str) -> None:
-    """Each test starts from empty tables and an empty Redis database."""
+    """Each test starts from empty tables (ids from 1 again) and an empty Redis database.
+
+    DELETE rather than TRUNCATE: on tables of a few rows it takes about 3 ms against 35 (a
+    TRUNCATE makes new files for every table), which adds up over the suite."""
     engine = create_engine(database_url, pool_size=1)
     async with engine.begin() as conn:
-        await conn.execute(text(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE"))
+        sequences = (
+            await conn.execute(text("SELECT sequence_name FROM information_schema.sequences"))
+        ).scalars()
+        empty = [f"DELETE FROM {table.strip()}" for table in TABLES.split(",")]
+        empty += [f"ALTER SEQUENCE {name} RESTART" for name in sequences]
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.execute("; ".join(empty))
     await engine.dispose()
     redis = await arq_pool(test_redis_url)
     await redis.flushdb()
