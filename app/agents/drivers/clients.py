@@ -10,6 +10,7 @@ is not paid per call) and the shards fill up one after another as load grows.
 
 from __future__ import annotations
 
+import functools
 import math
 import ssl
 from typing import Any, Protocol
@@ -38,15 +39,11 @@ class ShardedClient:
 
     def __init__(self, max_connections: int, shard_size: int = SHARD_CONNECTIONS) -> None:
         size = max(1, min(shard_size, max_connections))
-        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-        # One TLS context for all (httpx's default CA bundle): each would load it, about a
-        # megabyte apiece.
-        tls = ssl.create_default_context(cafile=certifi.where())
         self.size = size
-        self.clients = [
-            httpx.AsyncClient(limits=limits, verify=tls)
-            for _ in range(math.ceil(max_connections / size))
-        ]
+        self._limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        # Made on first use: at low load only the first shards ever are (each costs a scan
+        # of the environment for proxies).
+        self.clients: list[httpx.AsyncClient | None] = [None] * math.ceil(max_connections / size)
         self.busy = [0] * len(self.clients)  # calls in progress, per shard
 
     async def post(
@@ -58,9 +55,14 @@ class ShardedClient:
         timeout: float | None = None,
     ) -> httpx.Response:
         shard = self._pick()
+        client = self.clients[shard]
+        if client is None:
+            client = self.clients[shard] = httpx.AsyncClient(
+                limits=self._limits, verify=shared_tls_context()
+            )
         self.busy[shard] += 1
         try:
-            return await self.clients[shard].post(url, json=json, headers=headers, timeout=timeout)
+            return await client.post(url, json=json, headers=headers, timeout=timeout)
         finally:
             self.busy[shard] -= 1
 
@@ -73,4 +75,12 @@ class ShardedClient:
 
     async def aclose(self) -> None:
         for client in self.clients:
-            await client.aclose()
+            if client is not None:
+                await client.aclose()
+
+
+@functools.cache
+def shared_tls_context() -> ssl.SSLContext:
+    """One TLS context (httpx's default CA bundle) for every client of the process: each
+    client would otherwise load the bundle again, about a megabyte and 25 ms apiece."""
+    return ssl.create_default_context(cafile=certifi.where())
