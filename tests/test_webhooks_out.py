@@ -12,9 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from app.config import OutboundWebhooks, Settings
-from app.outbound.service import new_secret
+from app.outbound.service import attempt_delivery, new_secret
 from app.webhooks.signatures import SignatureError, verify_standard
 from tests.fixtures.api import api_client
 from tests.fixtures.executions import start
@@ -398,3 +399,34 @@ async def test_a_binary_response_body_is_recorded_and_the_delivery_completes(
     [attempt] = delivery["attempts"]
     assert attempt["status_code"] == 200
     assert "ok" in attempt["response_excerpt"]
+
+
+async def test_no_transaction_is_held_while_the_receiver_answers_and_a_duplicate_job_skips(
+    make_settings, alice, run_worker, db, redis
+):
+    settings = allowing(make_settings, timeout_seconds=5)
+    async with receiving(Reply(delay=1.0)) as receiver, api_client(settings) as http:
+        subscription = await subscribe(http, alice, receiver.url)
+        await start(http, alice, "steps-3")
+        worker = asyncio.create_task(run_worker(settings))
+        for _ in range(300):
+            if receiver.requests:
+                break
+            await asyncio.sleep(0.01)
+        [delivery] = await deliveries(http, alice, subscription["id"])
+        async with db.connect() as conn:
+            idle_in_transaction = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND state LIKE 'idle in transaction%'"
+                )
+            )
+        async with httpx.AsyncClient() as client:
+            duplicate = await attempt_delivery(db, redis, client, settings, delivery["id"])
+        await worker
+        [delivery] = await deliveries(http, alice, subscription["id"])
+    assert idle_in_transaction == 0  # the claim committed before the POST
+    assert duplicate == "not pending"  # in flight: the claim moved its next attempt on
+    assert len(receiver.requests) == 1
+    assert delivery["status"] == "delivered"
+    assert [a["number"] for a in delivery["attempts"]] == [1]

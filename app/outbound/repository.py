@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -77,12 +77,35 @@ async def page_deliveries(
     return [(d, by_delivery[d.id]) for d in deliveries], int(total or 0)
 
 
-async def lock_pending(session: AsyncSession, delivery_id: int) -> Delivery | None:
-    """A pending delivery, locked for one attempt (another worker's attempt is not repeated)."""
+async def lock_due(session: AsyncSession, delivery_id: int) -> Delivery | None:
+    """A pending delivery whose attempt is due (a second of clock slack), locked; None if it is
+    not pending, not due (another attempt has it in flight), or locked by another worker."""
     found: Delivery | None = await session.scalar(
         select(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.status == "pending")
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.status == "pending",
+            or_(
+                Delivery.next_attempt_at.is_(None),
+                Delivery.next_attempt_at <= func.now() + timedelta(seconds=1),
+            ),
+        )
         .with_for_update(skip_locked=True)
+    )
+    return found
+
+
+async def lock_in_flight(session: AsyncSession, delivery_id: int, attempts: int) -> Delivery | None:
+    """The delivery an attempt claimed, locked to record it: still pending with ``attempts``
+    attempts recorded (None: another attempt was recorded meanwhile)."""
+    found: Delivery | None = await session.scalar(
+        select(Delivery)
+        .where(
+            Delivery.id == delivery_id,
+            Delivery.status == "pending",
+            Delivery.attempts == attempts,
+        )
+        .with_for_update()
     )
     return found
 

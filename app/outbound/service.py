@@ -175,6 +175,10 @@ class _Result:
         return self.status_code == 429 or self.status_code >= 500
 
 
+# Beyond the request's own timeout, how long a claimed attempt stays in flight.
+_IN_FLIGHT_MARGIN = 30
+
+
 async def _count_attempt(outcome: str) -> None:
     metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
 
@@ -182,22 +186,36 @@ async def _count_attempt(outcome: str) -> None:
 async def attempt_delivery(
     db: AsyncEngine, redis: ArqRedis, http: httpx.AsyncClient, settings: Settings, delivery_id: int
 ) -> str:
-    """One attempt of a pending delivery (another worker's attempt of it is skipped)."""
+    """One attempt of a pending delivery that is due.
+
+    Three steps, no database connection held while the receiver answers: claim the attempt
+    (its ``next_attempt_at`` moves past the request's timeout, so a duplicate job, or the
+    sweep, leaves it alone while it is in flight; if the worker dies, the sweep queues it again
+    after that), POST, then record the attempt if no other was recorded meanwhile."""
     tuning = settings.outbound_webhooks
     async with engine_transaction(db) as session:
-        delivery = await repository.lock_pending(session, delivery_id)
-        if delivery is None:
+        claimed = await repository.lock_due(session, delivery_id)
+        if claimed is None:
             return "not pending"
-        subscription = await session.get(Subscription, delivery.subscription_id)
+        subscription = await session.get(Subscription, claimed.subscription_id)
         assert subscription is not None  # deliveries go with their subscription
-        started = time.monotonic()
-        try:
-            result = await _post(http, tuning, subscription, delivery)
-        except Exception as exc:  # recorded as an attempt, so it counts towards max_attempts
-            log.exception("webhook delivery %s failed unexpectedly", delivery_id)
-            result = _Result(error=f"internal error: {type(exc).__name__}")
-        duration_ms = int((time.monotonic() - started) * 1000)
-        number = delivery.attempts + 1
+        attempts = claimed.attempts
+        claimed.next_attempt_at = datetime.now(UTC) + timedelta(
+            seconds=tuning.timeout_seconds + _IN_FLIGHT_MARGIN
+        )
+    started = time.monotonic()
+    try:
+        result = await _post(http, tuning, subscription, claimed)
+    except Exception as exc:  # recorded as an attempt, so it counts towards max_attempts
+        log.exception("webhook delivery %s failed unexpectedly", delivery_id)
+        result = _Result(error=f"internal error: {type(exc).__name__}")
+    duration_ms = int((time.monotonic() - started) * 1000)
+    async with engine_transaction(db) as session:
+        delivery = await repository.lock_in_flight(session, delivery_id, attempts)
+        if delivery is None:
+            log.warning("webhook delivery %s: another attempt was recorded first", delivery_id)
+            return "superseded"
+        number = attempts + 1
         now = datetime.now(UTC)
         next_at = None
         if result.delivered:
