@@ -286,9 +286,11 @@ class Agent:
     ) -> list[Message]:
         """The tool messages answering ``calls``, in order; a ``wait_for_event`` call that
         starts a wait gets none now (the event becomes its result). Each call adds its
-        ``tool_called`` and ``tool_completed`` rows to ``logs``."""
+        ``tool_called`` and ``tool_completed`` rows to ``logs``. Calls beyond the type's
+        ``max_tool_calls`` are answered with an error, not run (one warning row for them)."""
         results = []
-        for call in calls:
+        limit = self.spec.max_tool_calls
+        for call in calls[:limit]:
             waiting = context.event_wait
             logs.append(_tool_called(call))
             started = time.monotonic()
@@ -300,6 +302,17 @@ class Agent:
                 continue
             logs.append(_tool_completed(call, result.content or "", duration))
             results.append(result)
+        for call in calls[limit:]:  # a model asking for more is answered, not obeyed
+            results.append(
+                Message(
+                    role="tool",
+                    content=f"error: at most {limit} tool calls run per turn; this one did not",
+                    tool_call_id=call.id,
+                    name=call.name,
+                )
+            )
+        if len(calls) > limit:
+            logs.append(_tool_limit_warning(len(calls) - limit, limit))
         wait = context.event_wait
         if wait is not None and (context.questions or context.subagent_tasks):
             context.event_wait = None
@@ -361,6 +374,15 @@ def _tool_completed(call: ToolCall, result: str, duration: float) -> LogEntry:
             "duration_ms": round(duration * 1000, 1),
             "result": _preview(result),
         },
+    )
+
+
+def _tool_limit_warning(refused: int, limit: int) -> LogEntry:
+    return LogEntry(
+        "warning",
+        "warning",
+        f"{refused} tool call(s) over the limit of {limit} per step were not run",
+        {"kind": "tool_call_limit", "limit": limit, "refused": refused},
     )
 
 

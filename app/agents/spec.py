@@ -87,6 +87,8 @@ class AgentTypeSpec(BaseModel):
     subagents: list[str] = Field(default_factory=list)
     max_depth: int = Field(default=3, ge=0)
     summary_max_chars: PositiveInt = 12_000
+    # Tool calls one step runs; the model's further calls in that step get an error instead.
+    max_tool_calls: PositiveInt = 32
     # Only these of the tools the capabilities give (None: all of them).
     tools: list[str] | None = None
     # A subagent's working directory: a workspace of its own, or its parent's (shared).

@@ -304,3 +304,26 @@ def test_duplicate_tool_names_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="duplicate tool names"):
         Agent(scripted([]), ScriptedDriver([]), [*tools, *tools])
+
+
+async def test_tool_calls_beyond_the_limit_are_answered_with_an_error_not_run(
+    tmp_path: Path,
+) -> None:
+    # A model asking for 40 writes in one turn: 5 run, 35 are refused, each still answered.
+    writes = [call("write_file", path=f"f{n}.txt", content="x") for n in range(40)]
+    spec = scripted([turn(*writes), turn(content="done")], max_tool_calls=5)
+    agent = make_agent(spec, tmp_path / "ws")
+    state = agent.initial_state("go")
+
+    first, _ = await run(agent, state)
+
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == [f"f{n}.txt" for n in range(5)]
+    answers = [m for m in first.new_messages if m.role == "tool"]
+    assert len(answers) == 40
+    assert [m.tool_call_id for m in answers] == [c.id for c in first.new_messages[0].tool_calls]
+    refused = [m for m in answers if m.content and "at most 5 tool calls" in m.content]
+    assert len(refused) == 35
+    assert [e.event_type for e in first.logs].count("tool_called") == 5
+    [warning] = [e for e in first.logs if e.event_type == "warning"]
+    assert warning.context == {"kind": "tool_call_limit", "limit": 5, "refused": 35}
+    assert state.final_answer == "done"
