@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client.core import GaugeMetricFamily
 
 from app import metrics
-from app.admin.queues import QueuesView, queues_view
+from app.admin.queues import QueueStats, QueuesView, queues_view
 from app.auth.dependencies import get_admin_user, get_current_user
 from app.deps import RedisDep, SessionDep, SettingsDep
 from app.errors import NotFound
@@ -32,31 +34,31 @@ async def scrape(
     return Response(metrics.render(queue_gauges(view)), media_type=metrics.CONTENT_TYPE)
 
 
+# Per-queue gauges: name, help, and what of a queue's numbers they show.
+_QUEUE_GAUGES: list[tuple[str, str, Callable[[QueueStats], float]]] = [
+    ("agents_queue_jobs", "Jobs in a queue (due, deferred or running).", lambda q: q.queued),
+    (
+        "agents_queue_oldest_wait_seconds",
+        "Age of a queue's oldest due job (0 when none is due).",
+        lambda q: q.oldest_wait_seconds or 0,
+    ),
+    ("agents_executions_running", "Executions running, by queue.", lambda q: q.running),
+    (
+        "agents_executions_awaiting",
+        "Executions parked for an answer or an event, by queue.",
+        lambda q: q.awaiting,
+    ),
+]
+
+
 def queue_gauges(view: QueuesView) -> list[GaugeMetricFamily]:
     """The queues as gauges, read at scrape time from Redis and PostgreSQL."""
-    families = {
-        "queued": GaugeMetricFamily(
-            "agents_queue_jobs", "Jobs in a queue (due, deferred or running).", labels=["queue"]
-        ),
-        "oldest": GaugeMetricFamily(
-            "agents_queue_oldest_wait_seconds",
-            "Age of a queue's oldest due job (0 when none is due).",
-            labels=["queue"],
-        ),
-        "running": GaugeMetricFamily(
-            "agents_executions_running", "Executions running, by queue.", labels=["queue"]
-        ),
-        "awaiting": GaugeMetricFamily(
-            "agents_executions_awaiting",
-            "Executions parked for an answer or an event, by queue.",
-            labels=["queue"],
-        ),
-    }
-    for queue in view.queues:
-        families["queued"].add_metric([queue.name], queue.queued)
-        families["oldest"].add_metric([queue.name], queue.oldest_wait_seconds or 0)
-        families["running"].add_metric([queue.name], queue.running)
-        families["awaiting"].add_metric([queue.name], queue.awaiting)
+    families = []
+    for name, documentation, read in _QUEUE_GAUGES:
+        family = GaugeMetricFamily(name, documentation, labels=["queue"])
+        for queue in view.queues:
+            family.add_metric([queue.name], read(queue))
+        families.append(family)
     workers = GaugeMetricFamily("agents_workers", "Worker processes seen alive.")
     workers.add_metric([], len(view.workers))
-    return [*families.values(), workers]
+    return [*families, workers]

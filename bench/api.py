@@ -18,19 +18,17 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from bench.harness import (
     Children,
-    free_port,
     prepare_servers,
     run_benchmark,
+    start_api,
     toml_preamble,
 )
 from bench.metrics import latency_summary
@@ -117,15 +115,9 @@ async def run(children: Children, workspace: Path, options: argparse.Namespace) 
     os.environ["AGENTS_CONFIG_FILE"] = str(config)
     servers = await prepare_servers()
     tokens = await make_users(servers.database_url, options.users)
-    port = free_port()
-    api = children.start("api", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)])
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
-        for _ in range(300):
-            children.check_alive("api")
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get("/readyz")).status_code == 200:
-                    break
-            await asyncio.sleep(0.1)
+    base_url = await start_api(children)
+    port = int(base_url.rsplit(":", 1)[1])
+    api = children.processes["api"]
     await drive(port, tokens, options.warmup, options.connections, 0)
     cpu_before = cpu_seconds(api.pid)
     began = time.perf_counter()

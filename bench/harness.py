@@ -226,6 +226,24 @@ async def wait_ready(children: Children, base_url: str, redis: Any, timeout: flo
             await asyncio.sleep(0.1)
 
 
+async def start_api(children: Children, timeout: float = 90) -> str:
+    """One ``agents serve`` process (no worker) on a free port; its base URL once it answers
+    /readyz."""
+    port = free_port()
+    children.start("api", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)])
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as client:
+        while True:
+            children.check_alive("api")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/readyz")).status_code == 200:
+                    return base_url
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not answer /readyz within {timeout}s")
+            await asyncio.sleep(0.1)
+
+
 async def create_account(database_url: str) -> tuple[int, str]:
     from app.auth.service import create_token, create_user
     from app.db import create_engine, session_factory, transaction

@@ -12,9 +12,6 @@ body's size, and the plan and time of the queue statement the scrape runs.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,9 +23,9 @@ from bench.harness import (
     Children,
     asyncpg_dsn,
     create_account,
-    free_port,
     prepare_servers,
     run_benchmark,
+    start_api,
 )
 from bench.metrics import latency_summary
 
@@ -62,17 +59,10 @@ async def run(children: Children, workspace: Path, options: argparse.Namespace) 
         plan = await db.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {_STATS.text}")
     finally:
         await db.close()
-    port = free_port()
-    children.start("api", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)])
+    base_url = await start_api(children)
     headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-        for _ in range(300):
-            children.check_alive("api")
-            with contextlib.suppress(httpx.TransportError):
-                if (await http.get("/readyz")).status_code == 200:
-                    break
-            await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as http:
         for index in range(options.scrapes + 5):
             started = time.perf_counter()
             response = await http.get("/metrics", headers=headers)

@@ -7,11 +7,13 @@ the live Queues page."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import random
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,27 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
+@contextlib.asynccontextmanager
+async def browser_page(
+    width: int, height: int, errors: list[str], *, console: bool = False
+) -> AsyncIterator[Any]:
+    """A page of headless Chromium; its script errors (and, with ``console``, its console
+    errors) go to ``errors``."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": width, "height": height})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            if console:
+                page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.set_default_timeout(10_000)
+            yield page
+        finally:
+            await browser.close()
+
+
 async def test_pages_and_current_user(alice, make_settings):
     async with live_api(make_settings()) as base, httpx.AsyncClient(base_url=base) as http:
         page = await http.get("/dashboard")
@@ -77,7 +100,7 @@ async def test_pages_and_current_user(alice, make_settings):
 async def test_dashboard_updates_live_streams_logs_and_controls(
     alice, make_settings, run_worker, tmp_path
 ):
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     began = time.monotonic()
     update_docs = os.environ.get("AGENTS_UPDATE_SCREENSHOT") == "1"
@@ -87,98 +110,91 @@ async def test_dashboard_updates_live_streams_logs_and_controls(
     async with (
         live_api(settings) as base,
         httpx.AsyncClient(base_url=base) as http,
-        async_playwright() as p,
+        browser_page(1400, 780, errors) as page,
     ):
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 780})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.set_default_timeout(10_000)
-            await page.goto(f"{base}/dashboard")
+        await page.goto(f"{base}/dashboard")
 
-            await page.fill("#token", "not-a-token")
-            await page.click("#sign-in")
-            await expect(page.locator("#signin-error")).to_contain_text("unknown or revoked")
-            await page.fill("#token", alice.token)
-            await page.click("#sign-in")
-            await expect(page.locator("#who")).to_have_text("alice@example.com")
-            await expect(page.locator("#live")).to_have_attribute("data-state", "live")
-            # Not an admin: no admin views, not even by their address.
-            await expect(page.locator("#admin-nav")).to_be_hidden()
-            await page.evaluate("location.hash = '#/queues'")
-            await expect(page.locator("#app-view")).to_be_visible()
-            await expect(page.locator("#queues-view")).to_be_hidden()
-            await page.evaluate("history.replaceState(null, '', location.pathname)")
-            await page.evaluate("window.__sameDocument = 'yes'")
+        await page.fill("#token", "not-a-token")
+        await page.click("#sign-in")
+        await expect(page.locator("#signin-error")).to_contain_text("unknown or revoked")
+        await page.fill("#token", alice.token)
+        await page.click("#sign-in")
+        await expect(page.locator("#who")).to_have_text("alice@example.com")
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+        # Not an admin: no admin views, not even by their address.
+        await expect(page.locator("#admin-nav")).to_be_hidden()
+        await page.evaluate("location.hash = '#/queues'")
+        await expect(page.locator("#app-view")).to_be_visible()
+        await expect(page.locator("#queues-view")).to_be_hidden()
+        await page.evaluate("history.replaceState(null, '', location.pathname)")
+        await page.evaluate("window.__sameDocument = 'yes'")
 
-            # New executions appear without a reload (status.changed pending over the socket).
-            paused = await start(http, alice, "demo")
-            await start(http, alice, "too-long")
-            await start(http, alice, "steps-3")
-            demo = await start(http, alice, "demo")
-            rows = page.locator("#rows tr")
-            await expect(rows).to_have_count(4)
-            row = page.locator(f'#rows tr[data-id="{demo["id"]}"]')
-            await expect(row.locator(".badge")).to_have_text("pending")
-            await expect(row.locator("td").first).to_have_text(demo["id"][:8])
+        # New executions appear without a reload (status.changed pending over the socket).
+        paused = await start(http, alice, "demo")
+        await start(http, alice, "too-long")
+        await start(http, alice, "steps-3")
+        demo = await start(http, alice, "demo")
+        rows = page.locator("#rows tr")
+        await expect(rows).to_have_count(4)
+        row = page.locator(f'#rows tr[data-id="{demo["id"]}"]')
+        await expect(row.locator(".badge")).to_have_text("pending")
+        await expect(row.locator("td").first).to_have_text(demo["id"][:8])
 
-            # Pause one from its detail pane before any worker runs.
-            await page.locator(f'#rows tr[data-id="{paused["id"]}"]').click()
-            await expect(page.locator("#d-id")).to_have_text(paused["id"])
-            await expect(page.locator("[data-action=resume]")).to_be_disabled()
-            await page.click("[data-action=pause]")
-            await expect(page.locator("#notice")).to_contain_text("now paused")
-            paused_row = page.locator(f'#rows tr[data-id="{paused["id"]}"]')
-            await expect(paused_row.locator(".badge")).to_have_text("paused")
+        # Pause one from its detail pane before any worker runs.
+        await page.locator(f'#rows tr[data-id="{paused["id"]}"]').click()
+        await expect(page.locator("#d-id")).to_have_text(paused["id"])
+        await expect(page.locator("[data-action=resume]")).to_be_disabled()
+        await page.click("[data-action=pause]")
+        await expect(page.locator("#notice")).to_contain_text("now paused")
+        paused_row = page.locator(f'#rows tr[data-id="{paused["id"]}"]')
+        await expect(paused_row.locator(".badge")).to_have_text("paused")
 
-            # The worker runs the others; the rows follow live.
-            await run_worker(settings)
-            await expect(row.locator(".badge")).to_have_text("completed")
-            await expect(row.locator(".steps")).to_have_text("3")
-            failed = page.locator('#rows tr:has(td:text-is("too-long")) .badge')
-            await expect(failed).to_have_text("failed")
-            assert await page.evaluate("window.__sameDocument") == "yes", "the page reloaded"
-            await expect(paused_row.locator(".badge")).to_have_text("paused")
+        # The worker runs the others; the rows follow live.
+        await run_worker(settings)
+        await expect(row.locator(".badge")).to_have_text("completed")
+        await expect(row.locator(".steps")).to_have_text("3")
+        failed = page.locator('#rows tr:has(td:text-is("too-long")) .badge')
+        await expect(failed).to_have_text("failed")
+        assert await page.evaluate("window.__sameDocument") == "yes", "the page reloaded"
+        await expect(paused_row.locator(".badge")).to_have_text("paused")
 
-            # The detail: fields, output and the SSE log, replayed to the end.
-            await row.click()
-            await expect(page).to_have_url(f"{base}/dashboard#/agents/{demo['id']}")
-            log = page.locator("#log")
-            await expect(log).to_contain_text("Step 3 completed")
-            await expect(log).to_contain_text("stream finished: completed")
-            await expect(page.locator("#d-result")).to_contain_text("The note in my workspace says")
-            await expect(page.locator("#d-status .badge")).to_have_text("completed")
-            for action in ("pause", "resume", "cancel", "kill"):
-                await expect(page.locator(f"[data-action={action}]")).to_be_disabled()
-            await log.scroll_into_view_if_needed()
-            await page.screenshot(path=str(screenshot), animations="disabled")
+        # The detail: fields, output and the SSE log, replayed to the end.
+        await row.click()
+        await expect(page).to_have_url(f"{base}/dashboard#/agents/{demo['id']}")
+        log = page.locator("#log")
+        await expect(log).to_contain_text("Step 3 completed")
+        await expect(log).to_contain_text("stream finished: completed")
+        await expect(page.locator("#d-result")).to_contain_text("The note in my workspace says")
+        await expect(page.locator("#d-status .badge")).to_have_text("completed")
+        for action in ("pause", "resume", "cancel", "kill"):
+            await expect(page.locator(f"[data-action={action}]")).to_be_disabled()
+        await log.scroll_into_view_if_needed()
+        await page.screenshot(path=str(screenshot), animations="disabled")
 
-            # Cancel the paused one; a refused request shows the API's problem detail.
-            await paused_row.click()
-            await expect(page.locator("#d-id")).to_have_text(paused["id"])
-            await expect(page.locator("[data-action=resume]")).to_be_enabled()
-            await page.click("[data-action=cancel]")
-            await expect(paused_row.locator(".badge")).to_have_text("cancelled")
-            await expect(page.locator("[data-action=resume]")).to_be_disabled()
-            await page.evaluate("control('resume')")
-            await expect(page.locator("#notice")).to_contain_text("Refused:")
-            await expect(page.locator("#notice")).to_contain_text("cancelled")
+        # Cancel the paused one; a refused request shows the API's problem detail.
+        await paused_row.click()
+        await expect(page.locator("#d-id")).to_have_text(paused["id"])
+        await expect(page.locator("[data-action=resume]")).to_be_enabled()
+        await page.click("[data-action=cancel]")
+        await expect(paused_row.locator(".badge")).to_have_text("cancelled")
+        await expect(page.locator("[data-action=resume]")).to_be_disabled()
+        await page.evaluate("control('resume')")
+        await expect(page.locator("#notice")).to_contain_text("Refused:")
+        await expect(page.locator("#notice")).to_contain_text("cancelled")
 
-            # Filters ask the API again.
-            await page.click('#filters [data-status="completed"]')
-            await expect(rows).to_have_count(2)  # demo and steps-3
-            await expect(page.locator("#rows .badge")).to_have_text(["completed", "completed"])
-            await page.click('#filters [data-status=""]')
-            await expect(rows).to_have_count(4)
+        # Filters ask the API again.
+        await page.click('#filters [data-status="completed"]')
+        await expect(rows).to_have_count(2)  # demo and steps-3
+        await expect(page.locator("#rows .badge")).to_have_text(["completed", "completed"])
+        await page.click('#filters [data-status=""]')
+        await expect(rows).to_have_count(4)
 
-            # The token survives a reload; signing out forgets it.
-            await page.reload()
-            await expect(rows).to_have_count(4)
-            await page.click("#sign-out")
-            await expect(page.locator("#signin-form")).to_be_visible()
-            assert await page.evaluate("localStorage.length") == 0
-        finally:
-            await browser.close()
+        # The token survives a reload; signing out forgets it.
+        await page.reload()
+        await expect(rows).to_have_count(4)
+        await page.click("#sign-out")
+        await expect(page.locator("#signin-form")).to_be_visible()
+        assert await page.evaluate("localStorage.length") == 0
     assert errors == []
     assert screenshot.stat().st_size > 10_000
     assert time.monotonic() - began < 30
@@ -196,7 +212,7 @@ def scripted(*turns: ScriptedTurn, **overrides: Any) -> AgentTypeSpec:
 async def test_dashboard_starts_answers_shows_the_conversation_and_children(
     alice, make_settings, run_worker, tmp_path
 ):
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     began = time.monotonic()
     update_docs = os.environ.get("AGENTS_UPDATE_SCREENSHOT") == "1"
@@ -219,124 +235,117 @@ async def test_dashboard_starts_answers_shows_the_conversation_and_children(
         agent_types={"asking": asking, "lead": lead, "keyed": keyed}, subagents={"helper": helper}
     )
     errors: list[str] = []
-    async with live_api(settings) as base, async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 860})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.set_default_timeout(10_000)
-            await page.goto(f"{base}/dashboard")
-            await page.fill("#token", alice.token)
-            await page.click("#sign-in")
-            await expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    async with live_api(settings) as base, browser_page(1400, 860, errors) as page:
+        await page.goto(f"{base}/dashboard")
+        await page.fill("#token", alice.token)
+        await page.click("#sign-in")
+        await expect(page.locator("#live")).to_have_attribute("data-state", "live")
 
-            # The form: the picker lists every type, those that cannot run here disabled.
-            await page.click("#new-execution")
-            picker = page.locator("#start-type")
-            keyed_option = picker.locator('option[value="keyed"]')
-            await expect(keyed_option).to_be_disabled()
-            await expect(keyed_option).to_contain_text("AGENTS_TEST_MISSING_KEY")
-            await expect(picker).to_have_value("demo")
-            info = page.locator("#type-info")
-            await expect(info).to_contain_text("Writes the prompt to note.txt")
-            await expect(info).to_contain_text("write_file")
-            await expect(info).to_contain_text("agents-default")
-            await expect(info).to_contain_text("10 steps")
-            await picker.select_option("lead")
-            await expect(info).to_contain_text("spawn_subagents")
-            await expect(info).to_contain_text("helper")
+        # The form: the picker lists every type, those that cannot run here disabled.
+        await page.click("#new-execution")
+        picker = page.locator("#start-type")
+        keyed_option = picker.locator('option[value="keyed"]')
+        await expect(keyed_option).to_be_disabled()
+        await expect(keyed_option).to_contain_text("AGENTS_TEST_MISSING_KEY")
+        await expect(picker).to_have_value("demo")
+        info = page.locator("#type-info")
+        await expect(info).to_contain_text("Writes the prompt to note.txt")
+        await expect(info).to_contain_text("write_file")
+        await expect(info).to_contain_text("agents-default")
+        await expect(info).to_contain_text("10 steps")
+        await picker.select_option("lead")
+        await expect(info).to_contain_text("spawn_subagents")
+        await expect(info).to_contain_text("helper")
 
-            # The API's refusal shows its problem detail (the option forced on for the test).
-            await keyed_option.evaluate("option => { option.disabled = false; }")
-            await picker.select_option("keyed")
-            await page.fill("#start-prompt", "hello")
+        # The API's refusal shows its problem detail (the option forced on for the test).
+        await keyed_option.evaluate("option => { option.disabled = false; }")
+        await picker.select_option("keyed")
+        await page.fill("#start-prompt", "hello")
+        await page.click("#start")
+        await expect(page.locator("#start-error")).to_contain_text("cannot run")
+        await expect(page.locator("#rows tr")).to_have_count(0)
+
+        async def start_from_form(agent_type: str, prompt: str) -> str:
+            await picker.select_option(agent_type)
+            await page.fill("#start-prompt", prompt)
             await page.click("#start")
-            await expect(page.locator("#start-error")).to_contain_text("cannot run")
-            await expect(page.locator("#rows tr")).to_have_count(0)
+            await expect(page.locator("#d-type")).to_have_text(agent_type)
+            await expect(page.locator("#start-prompt")).to_have_value("")
+            execution_id = await page.locator("#d-id").text_content()
+            assert execution_id
+            await expect(page.locator(f'#rows tr[data-id="{execution_id}"]')).to_have_count(1)
+            return execution_id
 
-            async def start_from_form(agent_type: str, prompt: str) -> str:
-                await picker.select_option(agent_type)
-                await page.fill("#start-prompt", prompt)
-                await page.click("#start")
-                await expect(page.locator("#d-type")).to_have_text(agent_type)
-                await expect(page.locator("#start-prompt")).to_have_value("")
-                execution_id = await page.locator("#d-id").text_content()
-                assert execution_id
-                await expect(page.locator(f'#rows tr[data-id="{execution_id}"]')).to_have_count(1)
-                return execution_id
+        asking_id = await start_from_form("asking", "paint the fence")
+        lead_id = await start_from_form("lead", "research it")
+        demo_id = await start_from_form("demo", "paint the fence")
+        await expect(page.locator("#start-error")).to_be_hidden()
+        await expect(page.locator("#rows tr")).to_have_count(3)
+        await expect(page.locator("#d-status .badge")).to_have_text("pending")
 
-            asking_id = await start_from_form("asking", "paint the fence")
-            lead_id = await start_from_form("lead", "research it")
-            demo_id = await start_from_form("demo", "paint the fence")
-            await expect(page.locator("#start-error")).to_be_hidden()
-            await expect(page.locator("#rows tr")).to_have_count(3)
-            await expect(page.locator("#d-status .badge")).to_have_text("pending")
+        # A worker runs them all; the open detail and its conversation follow live.
+        await run_worker(settings)
+        demo_row = page.locator(f'#rows tr[data-id="{demo_id}"]')
+        await expect(demo_row.locator(".badge")).to_have_text("completed")
+        await expect(demo_row.locator(".steps")).to_have_text("3")
+        await expect(page.locator("#d-status .badge")).to_have_text("completed")
+        await expect(page.locator("#d-result")).to_contain_text(
+            "The note in my workspace says: paint the fence"
+        )
+        conversation = page.locator("#conversation")
+        await expect(conversation.locator(".msg-assistant").last).to_contain_text(
+            "The note in my workspace says"
+        )
+        await expect(conversation.locator(".msg-user")).to_have_text(
+            [re.compile("paint the fence")]
+        )
+        calls = conversation.locator("details.tool-call")
+        await expect(calls).to_have_count(2)
+        write = calls.first
+        await expect(write.locator(".tool-name")).to_have_text("write_file")
+        await expect(write.locator(".tool-args")).to_be_hidden()
+        await write.locator("summary").click()
+        await expect(write.locator(".tool-args")).to_be_visible()
+        await expect(write.locator(".tool-args")).to_contain_text('"path": "note.txt"')
+        await expect(write.locator(".tool-result")).to_be_visible()
+        await expect(calls.nth(1).locator(".tool-args")).to_be_hidden()
+        await page.fill("#start-prompt", "Summarise the open issues in the tracker")
+        await page.screenshot(path=str(screenshot), animations="disabled")
+        await page.click("#start-close")
+        await expect(page.locator("#start-form")).to_be_hidden()
 
-            # A worker runs them all; the open detail and its conversation follow live.
-            await run_worker(settings)
-            demo_row = page.locator(f'#rows tr[data-id="{demo_id}"]')
-            await expect(demo_row.locator(".badge")).to_have_text("completed")
-            await expect(demo_row.locator(".steps")).to_have_text("3")
-            await expect(page.locator("#d-status .badge")).to_have_text("completed")
-            await expect(page.locator("#d-result")).to_contain_text(
-                "The note in my workspace says: paint the fence"
-            )
-            conversation = page.locator("#conversation")
-            await expect(conversation.locator(".msg-assistant").last).to_contain_text(
-                "The note in my workspace says"
-            )
-            await expect(conversation.locator(".msg-user")).to_have_text(
-                [re.compile("paint the fence")]
-            )
-            calls = conversation.locator("details.tool-call")
-            await expect(calls).to_have_count(2)
-            write = calls.first
-            await expect(write.locator(".tool-name")).to_have_text("write_file")
-            await expect(write.locator(".tool-args")).to_be_hidden()
-            await write.locator("summary").click()
-            await expect(write.locator(".tool-args")).to_be_visible()
-            await expect(write.locator(".tool-args")).to_contain_text('"path": "note.txt"')
-            await expect(write.locator(".tool-result")).to_be_visible()
-            await expect(calls.nth(1).locator(".tool-args")).to_be_hidden()
-            await page.fill("#start-prompt", "Summarise the open issues in the tracker")
-            await page.screenshot(path=str(screenshot), animations="disabled")
-            await page.click("#start-close")
-            await expect(page.locator("#start-form")).to_be_hidden()
+        # Answer the question inline; the execution goes on with the answer.
+        await page.locator(f'#rows tr[data-id="{asking_id}"]').click()
+        answer_form = page.locator("#answer-form")
+        await expect(answer_form).to_be_visible()
+        question = page.locator("#d-question")
+        await expect(question).to_have_text("Which colour should the <b>fence</b> be?")
+        assert await question.locator("b").count() == 0
+        await page.fill("#answer", "green")
+        await page.click("#send-answer")
+        await expect(page.locator("#notice")).to_contain_text("now pending")
+        await expect(answer_form).to_be_hidden()
+        await run_worker(settings)
+        await expect(page.locator("#d-status .badge")).to_have_text("completed")
+        await expect(page.locator("#d-result")).to_contain_text("You chose green.")
+        await expect(conversation.locator(".msg-user").last).to_contain_text("green")
 
-            # Answer the question inline; the execution goes on with the answer.
-            await page.locator(f'#rows tr[data-id="{asking_id}"]').click()
-            answer_form = page.locator("#answer-form")
-            await expect(answer_form).to_be_visible()
-            question = page.locator("#d-question")
-            await expect(question).to_have_text("Which colour should the <b>fence</b> be?")
-            assert await question.locator("b").count() == 0
-            await page.fill("#answer", "green")
-            await page.click("#send-answer")
-            await expect(page.locator("#notice")).to_contain_text("now pending")
-            await expect(answer_form).to_be_hidden()
-            await run_worker(settings)
-            await expect(page.locator("#d-status .badge")).to_have_text("completed")
-            await expect(page.locator("#d-result")).to_contain_text("You chose green.")
-            await expect(conversation.locator(".msg-user").last).to_contain_text("green")
-
-            # The parent lists its child; the child links back to its parent.
-            await page.locator(f'#rows tr[data-id="{lead_id}"]').click()
-            await expect(page.locator("#d-result")).to_contain_text("finding about part 1")
-            children = page.locator("#d-children tr")
-            await expect(children).to_have_count(1)
-            await expect(children.locator(".badge")).to_have_text("completed")
-            child_id = await children.first.get_attribute("data-id")
-            await children.locator("a").click()
-            await expect(page).to_have_url(f"{base}/dashboard#/agents/{child_id}")
-            await expect(page.locator("#d-type")).to_have_text("subagent:helper")
-            await expect(conversation).to_contain_text("finding about part 1")
-            await page.click("#d-parent a")
-            await expect(page.locator("#d-id")).to_have_text(lead_id)
-            await expect(page.locator("#d-parent")).to_be_hidden()
-            await page.go_back()
-            await expect(page.locator("#d-id")).to_have_text(str(child_id))
-        finally:
-            await browser.close()
+        # The parent lists its child; the child links back to its parent.
+        await page.locator(f'#rows tr[data-id="{lead_id}"]').click()
+        await expect(page.locator("#d-result")).to_contain_text("finding about part 1")
+        children = page.locator("#d-children tr")
+        await expect(children).to_have_count(1)
+        await expect(children.locator(".badge")).to_have_text("completed")
+        child_id = await children.first.get_attribute("data-id")
+        await children.locator("a").click()
+        await expect(page).to_have_url(f"{base}/dashboard#/agents/{child_id}")
+        await expect(page.locator("#d-type")).to_have_text("subagent:helper")
+        await expect(conversation).to_contain_text("finding about part 1")
+        await page.click("#d-parent a")
+        await expect(page.locator("#d-id")).to_have_text(lead_id)
+        await expect(page.locator("#d-parent")).to_be_hidden()
+        await page.go_back()
+        await expect(page.locator("#d-id")).to_have_text(str(child_id))
     assert errors == []
     assert screenshot.stat().st_size > 10_000
     assert time.monotonic() - began < 30
@@ -392,7 +401,7 @@ async def recent_depths(redis: ArqRedis, now: float) -> None:
 async def test_dashboard_admin_mode_filters_and_live_queues_page(
     alice, bob, sessions, redis, make_settings, tmp_path
 ):
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     began = time.monotonic()
     update_docs = os.environ.get("AGENTS_UPDATE_SCREENSHOT") == "1"
@@ -429,17 +438,12 @@ async def test_dashboard_admin_mode_filters_and_live_queues_page(
     errors: list[str] = []
     group = WorkerGroup(settings, settings.queue_names())
     worker = asyncio.create_task(group.run(handle_signals=False))
-    async with (
-        live_api(settings) as base,
-        httpx.AsyncClient(base_url=base) as http,
-        async_playwright() as p,
-    ):
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = await browser.new_page(viewport={"width": 1440, "height": 720})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.set_default_timeout(10_000)
+    try:
+        async with (
+            live_api(settings) as base,
+            httpx.AsyncClient(base_url=base) as http,
+            browser_page(1440, 720, errors, console=True) as page,
+        ):
             await page.clock.install()
             await page.goto(f"{base}/dashboard")
             await page.fill("#token", admin.token)
@@ -525,10 +529,9 @@ async def test_dashboard_admin_mode_filters_and_live_queues_page(
             )  # fmt: skip
             await page.clock.fast_forward(5_000)
             await expect(failed_now).not_to_have_text(before or "")
-        finally:
-            await browser.close()
-            group.stop()
-            await asyncio.wait_for(worker, 10)
+    finally:
+        group.stop()
+        await asyncio.wait_for(worker, 10)
     assert errors == []
     assert screenshot.stat().st_size > 10_000
     assert time.monotonic() - began < 30

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from arq.constants import job_key_prefix
 from sqlalchemy import select, text
@@ -189,19 +190,25 @@ async def test_step_limit_fails_with_error_naming_the_limit(
     assert body["step_count"] == 4
 
 
+async def read_events(pubsub: Any, count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` events from ``pubsub`` (about 5 s at most); then it is closed."""
+    received: list[dict[str, Any]] = []
+    for _ in range(50):
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            received.extend(decode_message(message["data"]))
+        if len(received) == count:
+            break
+    await pubsub.aclose()
+    return received
+
+
 async def test_events_are_published_after_each_commit(client, alice, run_worker, redis):
     pubsub = redis.pubsub()
     await pubsub.subscribe(f"user.{alice.user.id}.agents")
     created = await start(client, alice, "steps-3")
     await run_worker()
-    received = []
-    for _ in range(50):
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        if message is not None:
-            received.extend(decode_message(message["data"]))
-        if len(received) == 6:
-            break
-    await pubsub.aclose()
+    received = await read_events(pubsub, 6)
     names = [
         (m["event"], m["data"].get("status") or m["data"].get("step_number")) for m in received
     ]
@@ -253,14 +260,7 @@ async def test_a_failed_tool_call_is_logged_before_its_step(
         await pubsub.subscribe(f"agent.{created['id']}")
         await run_worker(settings)
         body = (await http.get(f"/api/agents/{created['id']}", headers=alice.headers)).json()
-    received = []
-    for _ in range(50):
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        if message is not None:
-            received.extend(decode_message(message["data"]))
-        if len(received) == 6:
-            break
-    await pubsub.aclose()
+    received = await read_events(pubsub, 6)
     assert body["status"] == "completed"
     assert body["output"] == {"response": "error: no such file: missing.txt"}
 

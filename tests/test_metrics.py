@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import scripted_type
 from tests.fixtures.api import api_client
 from tests.fixtures.executions import start
+from tests.fixtures.metrics import Samples, parse_samples, value
 from tests.fixtures.users import Account, make_account
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 async def scrape(http: httpx.AsyncClient, admin: Account) -> Samples:
     response = await http.get("/metrics", headers=admin.headers)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    return parse_samples(response.text)
 
 
 async def test_a_scrape_counts_executions_steps_tokens_requests_and_queues(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -196,10 +198,18 @@ async def test_two_api_replicas_stream_the_same_events(
     assert [e["event"] for e in streams[0]].count("step.completed") == 3
 
 
-async def test_a_subscriber_that_does_not_read_is_cut_off_not_buffered(test_redis_url, redis):
-    hub = Hub(test_redis_url, queue_size=10)
+@contextlib.asynccontextmanager
+async def running_hub(redis_url: str, **options: Any) -> AsyncIterator[Hub]:
+    hub = Hub(redis_url, **options)
     await hub.start()
     try:
+        yield hub
+    finally:
+        await hub.close()
+
+
+async def test_a_subscriber_that_does_not_read_is_cut_off_not_buffered(test_redis_url, redis):
+    async with running_hub(test_redis_url, queue_size=10) as hub:
         channel = execution_channel("slow-reader")
         slow = await hub.subscribe(channel)
         fast = await hub.subscribe(channel)
@@ -220,8 +230,6 @@ async def test_a_subscriber_that_does_not_read_is_cut_off_not_buffered(test_redi
         hub.release(slow)
         hub.release(fast)
         assert hub.subscriber_count == 0
-    finally:
-        await hub.close()
 
 
 async def redis_subscribers(redis: Any, channel: str) -> int:
@@ -232,9 +240,7 @@ async def redis_subscribers(redis: Any, channel: str) -> int:
 async def test_the_last_release_unsubscribes_redis_and_a_quick_return_keeps_the_feed(
     test_redis_url, redis
 ):
-    hub = Hub(test_redis_url)
-    await hub.start()
-    try:
+    async with running_hub(test_redis_url) as hub:
         channel = execution_channel("release-then-return")
         first = await hub.subscribe(channel)
         assert await redis_subscribers(redis, channel) == 1
@@ -255,8 +261,6 @@ async def test_the_last_release_unsubscribes_redis_and_a_quick_return_keeps_the_
             await asyncio.sleep(0.01)
         assert await redis_subscribers(redis, channel) == 0
         assert hub.subscriber_count == 0
-    finally:
-        await hub.close()
 
 
 @pytest.mark.parametrize("header", ["abc", "-5", "9" * 5000, str(2**63), "1e3"])
@@ -317,31 +321,26 @@ async def test_a_replay_racing_the_final_commit_still_finishes(
     from app.streams import sse
 
     settings = make_settings()
-    hub = Hub(test_redis_url)
-    await hub.start()
-    try:
-        async with api_client(settings) as http:
-            created = await start(http, alice, "demo")
-            read_logs = repository.list_logs
-            cancelled = False
+    async with running_hub(test_redis_url) as hub, api_client(settings) as http:
+        created = await start(http, alice, "demo")
+        read_logs = repository.list_logs
+        cancelled = False
 
-            async def cancel_then_read(*args: Any, **kwargs: Any) -> Any:
-                nonlocal cancelled
-                if not cancelled:
-                    cancelled = True
-                    url = f"/api/agents/{created['id']}/cancel"
-                    assert (await http.post(url, headers=alice.headers)).status_code == 202
-                return await read_logs(*args, **kwargs)
+        async def cancel_then_read(*args: Any, **kwargs: Any) -> Any:
+            nonlocal cancelled
+            if not cancelled:
+                cancelled = True
+                url = f"/api/agents/{created['id']}/cancel"
+                assert (await http.post(url, headers=alice.headers)).status_code == 202
+            return await read_logs(*args, **kwargs)
 
-            monkeypatch.setattr(repository, "list_logs", cancel_then_read)
+        monkeypatch.setattr(repository, "list_logs", cancel_then_read)
 
-            async def collect() -> bytes:
-                stream = sse.execution_events(hub, sessions, uuid.UUID(created["id"]), 0)
-                return b"".join([c if isinstance(c, bytes) else c.encode() async for c in stream])
+        async def collect() -> bytes:
+            stream = sse.execution_events(hub, sessions, uuid.UUID(created["id"]), 0)
+            return b"".join([c if isinstance(c, bytes) else c.encode() async for c in stream])
 
-            body = await asyncio.wait_for(collect(), 10)
-    finally:
-        await hub.close()
+        body = await asyncio.wait_for(collect(), 10)
     assert cancelled
     assert b'"status": "cancelled"' in body
     assert body.rstrip().endswith(b'data: {"status": "cancelled"}')
@@ -349,9 +348,7 @@ async def test_a_replay_racing_the_final_commit_still_finishes(
 
 
 async def test_a_subscribe_cancelled_midway_leaves_nothing_behind(test_redis_url, redis):
-    hub = Hub(test_redis_url)
-    await hub.start()
-    try:
+    async with running_hub(test_redis_url) as hub:
         channel = execution_channel("cancelled-subscribe")
         subscribing = asyncio.create_task(hub.subscribe(channel))
         await asyncio.sleep(0)  # inside subscribe, before Redis confirmed it
@@ -370,17 +367,13 @@ async def test_a_subscribe_cancelled_midway_leaves_nothing_behind(test_redis_url
         received = await asyncio.wait_for(again.queue.get(), 5)
         assert received is not None
         assert received.id == 7
-    finally:
-        await hub.close()
 
 
 async def test_after_a_lost_connection_streams_end_and_new_ones_subscribe_afresh(
     test_redis_url, redis
 ):
     name = f"hub-{uuid.uuid4().hex[:8]}"
-    hub = Hub(test_redis_url, client_name=name)
-    await hub.start()
-    try:
+    async with running_hub(test_redis_url, client_name=name) as hub:
         channel = execution_channel("lost-connection")
         old = await hub.subscribe(channel)
         clients = await redis.client_list()
@@ -401,8 +394,6 @@ async def test_after_a_lost_connection_streams_end_and_new_ones_subscribe_afresh
         assert received.id == 9
         hub.release(old)  # late release of an ended stream does not touch the new one
         assert hub.subscriber_count == 1
-    finally:
-        await hub.close()
 
 
 def test_the_progress_stream_override_still_applies_to_sse_starlette():
@@ -428,9 +419,7 @@ def test_the_progress_stream_override_still_applies_to_sse_starlette():
 async def test_hostile_messages_on_a_channel_are_dropped_and_the_stream_goes_on(
     test_redis_url, redis
 ):
-    hub = Hub(test_redis_url)
-    await hub.start()
-    try:
+    async with running_hub(test_redis_url) as hub:
         channel = execution_channel("hostile")
         subscription = await hub.subscribe(channel)
         valid = {"event": "log", "id": 7, "data": {"n": 7}}
@@ -449,5 +438,3 @@ async def test_hostile_messages_on_a_channel_are_dropped_and_the_stream_goes_on(
         assert [event.id for event in received if event is not None] == [7, 8]
         assert subscription.queue.empty()
         hub.release(subscription)
-    finally:
-        await hub.close()

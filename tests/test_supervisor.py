@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.executions.liveness import WORKERS_KEY
@@ -21,6 +20,7 @@ from app.executions.models import Execution
 from tests.conftest import scripted_type
 from tests.fixtures.api import api_client
 from tests.fixtures.executions import start, step_numbers
+from tests.fixtures.metrics import parse_samples, value
 from tests.fixtures.processes import agents, free_port, service_env, slow_type_config
 from workers.runner import WorkerGroup
 from workers.supervisor import PoolPlan, plan_pools, pool_size_each
@@ -103,14 +103,9 @@ async def test_a_killed_child_comes_back_and_sigterm_drains_every_child(
         # The supervisor serves what its processes count, summed.
         async with httpx.AsyncClient() as http:
             scraped = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
-        samples = {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(scraped)
-            for sample in family.samples
-        }
-        assert samples[("agents_worker_executions_in_flight", ())] == 1
-        steps = samples[("agents_step_duration_seconds_count", (("agent_type", "crashy"),))]
-        assert steps >= 2
+        samples = parse_samples(scraped)
+        assert value(samples, "agents_worker_executions_in_flight") == 1
+        assert value(samples, "agents_step_duration_seconds_count", agent_type="crashy") >= 2
         workers = psutil.Process(supervisor.pid).children()
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(15) == 0, log.read_text()

@@ -135,7 +135,6 @@ class Supervisor:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.healthy_after = healthy_after
-        self.children: dict[tuple[str, int], asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
 
     async def run(self, *, handle_signals: bool = True, metrics_listen: str | None = None) -> None:
@@ -177,7 +176,6 @@ class Supervisor:
                 )  # fmt: skip
                 await self._sleep(delay)
                 continue
-            self.children[(pool.name, slot)] = process
             code = await self._wait_or_stop(process)
             metrics.process_ended(process.pid)
             lived = loop.time() - started

@@ -93,6 +93,11 @@ class WorkerContext(TypedDict):
     draining: asyncio.Event
 
 
+def step_connection(ctx: WorkerContext) -> AbstractAsyncContextManager[Any]:
+    """A connection of the step statements' pool (asyncpg)."""
+    return driver_connection(ctx["pg"], ctx["settings"].worker.db_pool_timeout)
+
+
 class LeaseLost(Exception):
     """Another worker (or a kill) took the execution; this one must stop writing."""
 
@@ -380,8 +385,7 @@ class ChunkRunner:
         return step, children
 
     def _connection(self) -> AbstractAsyncContextManager[Any]:
-        """A connection of the step statements' pool."""
-        return driver_connection(self.ctx["pg"], self.settings.worker.db_pool_timeout)
+        return step_connection(self.ctx)
 
     async def _fail(self, error_type: str, message: str) -> None:
         error = {"type": error_type, "message": message}
@@ -437,8 +441,7 @@ async def run_execution(ctx: WorkerContext, execution_id: str, lease: int, retri
     counts the transient infrastructure failures that came before this job."""
     settings = ctx["settings"]
     try:
-        pool_timeout = settings.worker.db_pool_timeout
-        async with ctx["db_slots"], driver_connection(ctx["pg"], pool_timeout) as conn:
+        async with ctx["db_slots"], step_connection(ctx) as conn:
             claim = await worker_repository.claim_execution(
                 conn, uuid.UUID(execution_id), lease, ctx["worker_id"]
             )
