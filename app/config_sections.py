@@ -229,13 +229,15 @@ class WorkerTuning(_Section):
     ``max_jobs`` executions per queue may be in flight in one process (they wait on the model
     concurrently); the process holds at most ``db_pool_size`` PostgreSQL connections, each only
     while it writes, and steps wait up to ``db_pool_timeout`` seconds for one;
-    ``http_max_connections`` bounds its connections to model providers."""
+    ``http_max_connections`` bounds its connections to model providers, and
+    ``http_max_connections_per_host`` (0: no bound of its own) those to any one provider."""
 
     poll_delay: PositiveFloat = 0.01
     max_jobs: PositiveInt = 100
     db_pool_size: PositiveInt = 20
     db_pool_timeout: PositiveFloat = 30
     http_max_connections: PositiveInt = 1000
+    http_max_connections_per_host: int = Field(default=0, ge=0)
     heartbeat_interval: PositiveFloat = 10
     stale_after: PositiveFloat = 60
     max_recoveries: int = Field(default=3, ge=0)

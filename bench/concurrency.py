@@ -63,6 +63,7 @@ class Options:
     post_concurrency: int
     timeout: float
     live_posts: bool
+    profile: bool
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -84,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         help="POST while the worker runs (default: POST all, then start the worker, so the "
         "API's speed does not limit how many are in flight)",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the worker while it runs (raw stacks)"
+    )
     args = parser.parse_args(argv)
     return Options(
         executions=args.executions,
@@ -94,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         post_concurrency=args.post_concurrency,
         timeout=args.timeout,
         live_posts=args.live_posts,
+        profile=args.profile,
     )
 
 
@@ -250,6 +255,8 @@ async def run(options: Options, children: Children, workspace: Path) -> dict[str
             meter = CpuMeter(pids, postmaster(database_url), service.redis)
             await meter.start()
             sampler = asyncio.create_task(sample(db, worker_pid, pg_port, samples))
+            if options.profile:
+                children.profile("worker")
             began = time.perf_counter()
             if options.live_posts:
                 print(f"starting {options.executions} executions, worker running", flush=True)
@@ -262,6 +269,8 @@ async def run(options: Options, children: Children, workspace: Path) -> dict[str
                     break
                 await asyncio.sleep(SAMPLE_SECONDS)
             elapsed = time.perf_counter() - began
+            if options.profile:
+                children.stop_profile("worker")
             sampler.cancel()
             cpu = await meter.stop()
             peak_rss = rss.rss("worker")

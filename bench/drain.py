@@ -22,8 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import signal
 import sys
 import time
 from pathlib import Path
@@ -129,13 +127,8 @@ async def service_drain(
         while not await db.fetchval(started):  # noqa: ASYNC110 (another process's rows)
             await asyncio.sleep(0.02)
         cpu_start = sum(process.cpu_times()[:2])
-        profiler = None
         if options.profile:
-            # py-spy samples the worker's stacks from outside (raw format, see bench/README.md).
-            out = children.log_dir / "worker.pyspy.txt"
-            py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            argv = [py_spy, "record", "-p", str(worker.pid), "-r", "200", "-f", "raw"]
-            profiler = await asyncio.create_subprocess_exec(*argv, "-o", str(out))
+            children.profile("worker")
         deadline = time.monotonic() + 600
         finished = 0
         while time.monotonic() < deadline:
@@ -147,9 +140,8 @@ async def service_drain(
                 break
             await asyncio.sleep(0.05)
         cpu = sum(process.cpu_times()[:2]) - cpu_start
-        if profiler is not None:
-            profiler.send_signal(signal.SIGINT)
-            await profiler.wait()
+        if options.profile:
+            children.stop_profile("worker")
         row = await db.fetchrow(
             "SELECT extract(epoch FROM max(completed_at) - min(started_at)) AS drain, "
             "count(*) FILTER (WHERE status = 'completed') AS completed, "

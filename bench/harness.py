@@ -188,6 +188,21 @@ class Children:
                 process.wait()
         return process.returncode
 
+    def profile(self, name: str) -> Path:
+        """Sample child ``name``'s Python stacks with py-spy (raw format) until ``stop_profile``."""
+        out = self.log_dir / f"{name}.pyspy.txt"
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        pid = str(self.processes[name].pid)
+        argv = [py_spy, "record", "-p", pid, "-r", "200", "-f", "raw", "-o", str(out)]
+        self.start(f"{name}-py-spy", argv)
+        return out
+
+    def stop_profile(self, name: str) -> None:
+        """Stop py-spy on ``name``: SIGINT makes it write what it sampled."""
+        process = self.processes.pop(f"{name}-py-spy")
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
+
     def stop_all(self) -> None:
         for name in list(self.processes):
             self.stop(name)

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from app.agents.drivers.clients import ShardedClient, shared_tls_context
+from app.agents.drivers.clients import ModelHttpClient, shared_tls_context
 from app.agents.sandbox import open_sandbox
 from app.config import Settings
 from app.db import create_driver_pool, create_engine, driver_connection
@@ -55,7 +55,10 @@ async def open_context(settings: Settings) -> dict[str, Any]:
         "db": db,
         "pg": pg,
         "http": httpx.AsyncClient(verify=shared_tls_context()),
-        "models": ShardedClient(tuning.http_max_connections),
+        "models": ModelHttpClient(
+            tuning.http_max_connections,
+            max_connections_per_host=tuning.http_max_connections_per_host,
+        ),
         "worker_id": worker_id(),
         "running": RunningChunks(),
         "sandbox": sandbox,

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.agents.agent import Agent, StepRecord
 from app.agents.bash_tool import kill_processes
-from app.agents.drivers.clients import ShardedClient
+from app.agents.drivers.clients import ModelHttpClient
 from app.agents.errors import AgentError
 from app.agents.registry import build_agent
 from app.agents.sandbox import Sandbox
@@ -79,7 +79,7 @@ class WorkerContext(TypedDict):
     db: AsyncEngine
     redis: ArqRedis
     http: httpx.AsyncClient
-    models: ShardedClient
+    models: ModelHttpClient
     worker_id: str
     running: RunningChunks
     sandbox: Sandbox

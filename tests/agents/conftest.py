@@ -6,6 +6,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.agents.drivers.clients import ModelClient, ModelHttpClient
 from app.agents.state import Message
 from tests.fixtures.anthropic_server import fake_anthropic, fake_anthropic_server
 from tests.fixtures.openai_server import fake_openai, fake_openai_server
@@ -24,9 +25,15 @@ def root(reachable_tmp: Path) -> Path:
     return workspace
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    """The HTTP client the drivers share. trust_env=False: a proxy configured in the
-    environment must not intercept 127.0.0.1."""
-    async with httpx.AsyncClient(trust_env=False) as client:
+@pytest.fixture(params=["worker", "httpx"])
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[ModelClient]:
+    """The HTTP client the drivers share: the workers' own, and a plain httpx client (which
+    the drivers accept too). trust_env=False: a proxy configured in the environment must not
+    intercept 127.0.0.1."""
+    if request.param == "worker":
+        client = ModelHttpClient(100, trust_env=False)
         yield client
+        await client.aclose()
+    else:
+        async with httpx.AsyncClient(trust_env=False) as plain:
+            yield plain

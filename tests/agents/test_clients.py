@@ -1,51 +1,140 @@
-"""The sharded model-call clients: warm connections at low load, shards filled in order."""
+"""The workers' model-call client: warm connections, bounded connections and replies, httpx's
+errors (the driver tests run every driver through it too, see ``conftest.http``)."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import socket
+from collections.abc import AsyncIterator
 
+import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.agents.drivers.clients import ShardedClient
+from app.agents.drivers.clients import ModelHttpClient
+from app.agents.drivers.openai import OpenAIChatDriver
+from app.agents.errors import ProviderError
+from tests.agents.conftest import CONVERSATION
 from tests.fixtures.local_server import serve_locally
 
 
-def echo_app(hold: asyncio.Event | None = None) -> Starlette:
+def echo_app(hold: asyncio.Event | None = None, seen: list[int] | None = None) -> Starlette:
     """Answers each request with the client port it came from (one port, one connection)."""
 
     async def echo(request: Request) -> JSONResponse:
+        assert request.client is not None
+        if seen is not None:
+            seen.append(request.client.port)
         if hold is not None:
             await hold.wait()
-        assert request.client is not None
-        return JSONResponse({"port": request.client.port})
+        return JSONResponse({"port": request.client.port, "body": await request.json()})
 
     return Starlette(routes=[Route("/v1/chat", echo, methods=["POST"])])
 
 
-async def test_calls_one_after_another_reuse_one_connection():
-    client = ShardedClient(max_connections=1000, shard_size=8)
+def client() -> ModelHttpClient:
+    return ModelHttpClient(1000, trust_env=False)
+
+
+async def test_calls_one_after_another_reuse_one_connection() -> None:
+    models = client()
     async with serve_locally(echo_app(), lifespan="off") as base:
-        ports = {(await client.post(f"{base}/v1/chat", json={})).json()["port"] for _ in range(30)}
-    await client.aclose()
-    assert len(ports) == 1  # not one connection per shard in turn
+        ports = {(await models.post(f"{base}/v1/chat", json={})).json()["port"] for _ in range(30)}
+    await models.aclose()
+    assert len(ports) == 1
 
 
-async def test_concurrent_calls_fill_the_shards_in_order():
+async def test_the_body_is_sent_as_json_and_the_reply_read_as_httpx_reads_it() -> None:
+    models = client()
+    async with serve_locally(echo_app(), lifespan="off") as base:
+        response = await models.post(
+            f"{base}/v1/chat", json={"text": "naïve ☃", "n": [1, 2]}, headers={"X-Key": "k"}
+        )
+    await models.aclose()
+    assert isinstance(response, httpx.Response)
+    assert response.is_success
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["body"] == {"text": "naïve ☃", "n": [1, 2]}
+
+
+@pytest.mark.parametrize(("total", "per_host"), [(5, 0), (1000, 3)])
+async def test_concurrent_calls_wait_for_a_free_connection(total: int, per_host: int) -> None:
     hold = asyncio.Event()
-    client = ShardedClient(max_connections=40, shard_size=8)
-    async with serve_locally(echo_app(hold), lifespan="off") as base:
-        calls = [asyncio.create_task(client.post(f"{base}/v1/chat", json={})) for _ in range(20)]
-        for _ in range(200):
-            if sum(client.busy) == 20:
+    seen: list[int] = []
+    models = ModelHttpClient(total, max_connections_per_host=per_host, trust_env=False)
+    bound = per_host or total
+    async with serve_locally(echo_app(hold, seen), lifespan="off") as base:
+        calls = [asyncio.create_task(models.post(f"{base}/v1/chat", json={})) for _ in range(12)]
+        for _ in range(100):
+            if len(seen) >= bound:
                 break
             await asyncio.sleep(0.01)
-        busy = list(client.busy)
+        await asyncio.sleep(0.1)  # time for any call over the bound to arrive too
+        arrived_while_held = len(seen)
         hold.set()
-        ports = {(await call).json()["port"] for call in calls}
-    await client.aclose()
-    assert busy == [8, 8, 4, 0, 0]
-    assert len(ports) == 20
-    assert client.busy == [0, 0, 0, 0, 0]
+        ports = [(await call).json()["port"] for call in calls]
+    await models.aclose()
+    assert arrived_while_held == bound
+    assert len(set(ports)) == bound  # the others waited, then reused those connections
+
+
+async def test_a_compressed_reply_is_decompressed() -> None:
+    async def gzipped(request: Request) -> Response:
+        body = gzip.compress(b'{"answer": "' + b"x" * 10_000 + b'"}')
+        return Response(body, headers={"Content-Encoding": "gzip"}, media_type="application/json")
+
+    models = client()
+    app = Starlette(routes=[Route("/v1/chat", gzipped, methods=["POST"])])
+    async with serve_locally(app, lifespan="off") as base:
+        response = await models.post(f"{base}/v1/chat", json={})
+    await models.aclose()
+    assert response.json() == {"answer": "x" * 10_000}
+    assert "content-encoding" not in response.headers
+
+
+async def endless(request: Request) -> StreamingResponse:
+    """A hostile provider: a reply that never ends."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        while True:
+            yield b"[" * 65536
+            await asyncio.sleep(0)
+
+    return StreamingResponse(chunks(), media_type="application/json")
+
+
+async def test_an_endless_reply_is_cut_off_at_the_size_bound() -> None:
+    models = ModelHttpClient(10, max_response_bytes=2**20, trust_env=False)
+    app = Starlette(routes=[Route("/v1/chat/completions", endless, methods=["POST"])])
+    async with serve_locally(app, lifespan="off") as base:
+        with pytest.raises(httpx.DecodingError, match="over 1048576 bytes"):
+            await models.post(f"{base}/v1/chat/completions", json={})
+        # Through a driver: a malformed response, not retried.
+        driver = OpenAIChatDriver(
+            models, base_url=f"{base}/v1", api_key=None, model="m", timeout=10, max_retries=3
+        )
+        with pytest.raises(ProviderError, match="malformed response: response body over"):
+            await driver.complete(CONVERSATION, [])
+    await models.aclose()
+
+
+async def test_failures_raise_the_httpx_errors_the_drivers_handle() -> None:
+    models = ModelHttpClient(10, trust_env=False)
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(httpx.ConnectError):
+        await models.post(f"http://127.0.0.1:{port}/v1/chat", json={})
+    with pytest.raises(httpx.UnsupportedProtocol):
+        await models.post("ftp://127.0.0.1/v1/chat", json={})
+
+    hold = asyncio.Event()
+    async with serve_locally(echo_app(hold), lifespan="off") as base:
+        with pytest.raises(httpx.ReadTimeout):
+            await models.post(f"{base}/v1/chat", json={}, timeout=0.2)
+        hold.set()
+    await models.aclose()

@@ -1,24 +1,36 @@
-"""The HTTP clients model calls go through: httpx clients in shards.
+"""The HTTP client model calls go through: one aiohttp session per worker process.
 
-httpcore's connection pool re-scans all its connections (quadratically, with a ``select`` per
-idle one) whenever a request starts or ends, so one pool holding a thousand connections to a
-provider costs milliseconds of CPU per model call. Shards of ``SHARD_CONNECTIONS`` keep that
-cost flat however many calls are in flight. A call goes to the first shard with a free
-connection, so at low load the calls share a few warm connections (a provider's TLS handshake
-is not paid per call) and the shards fill up one after another as load grows.
+A worker keeps hundreds of model calls in flight, so the client's own CPU per call bounds how
+many executions one process can step. httpx spends about 0.6 ms of CPU on each call (its
+request and response models, h11 and anyio in pure Python, and httpcore's connection pool,
+which re-scans every connection whenever a request starts or ends); aiohttp, whose HTTP parser
+and connection pool are C and per-host queues, about 0.15 ms (``bench/README.md``). The drivers
+still see ``httpx.Response`` objects and httpx's exception tree (:class:`ModelClient`), so a plain
+``httpx.AsyncClient`` (with a ``MockTransport`` in tests, say) works in its place.
+
+Bounds: at most ``max_connections`` connections, ``max_connections_per_host`` to one provider
+host (0: no bound of its own), and ``max_response_bytes`` of decompressed body per reply.
 """
 
 from __future__ import annotations
 
 import functools
-import math
+import json as json_module
 import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
+import aiohttp
 import certifi
 import httpx
 
-SHARD_CONNECTIONS = 8
+# A chat completion is kilobytes; a reply this big is a broken or hostile server.
+MAX_RESPONSE_BYTES = 32 * 2**20
+
+# Headers that describe the body as it came over the wire, not as the driver gets it: aiohttp
+# has already removed the chunking and the compression.
+_WIRE_HEADERS = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
 
 
 class ModelClient(Protocol):
@@ -34,17 +46,30 @@ class ModelClient(Protocol):
     ) -> httpx.Response: ...
 
 
-class ShardedClient:
-    """At most ``max_connections`` connections, in httpx clients of ``shard_size`` each."""
+class ModelHttpClient:
+    """Model calls over one aiohttp session, answered as ``httpx.Response`` objects.
 
-    def __init__(self, max_connections: int, shard_size: int = SHARD_CONNECTIONS) -> None:
-        size = max(1, min(shard_size, max_connections))
-        self.size = size
-        self._limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-        # Made on first use: at low load only the first shards ever are (each costs a scan
-        # of the environment for proxies).
-        self.clients: list[httpx.AsyncClient | None] = [None] * math.ceil(max_connections / size)
-        self.busy = [0] * len(self.clients)  # calls in progress, per shard
+    The session is opened on the first call (it belongs to the running event loop). Proxies
+    come from the environment (``HTTPS_PROXY``, ``NO_PROXY``...) unless ``trust_env`` is
+    false, as they do for httpx; redirects
+    are not followed. Failures raise httpx's exceptions: a timeout ``httpx.TimeoutException``, a
+    refused or dropped connection ``httpx.TransportError``, a URL that is not http(s)
+    ``httpx.UnsupportedProtocol``, an oversized reply ``httpx.DecodingError``.
+    """
+
+    def __init__(
+        self,
+        max_connections: int,
+        *,
+        max_connections_per_host: int = 0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        trust_env: bool = True,
+    ) -> None:
+        self.max_connections = max_connections
+        self.max_connections_per_host = max_connections_per_host
+        self.max_response_bytes = max_response_bytes
+        self.trust_env = trust_env
+        self._session: aiohttp.ClientSession | None = None
 
     async def post(
         self,
@@ -54,29 +79,65 @@ class ShardedClient:
         headers: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> httpx.Response:
-        shard = self._pick()
-        client = self.clients[shard]
-        if client is None:
-            client = self.clients[shard] = httpx.AsyncClient(
-                limits=self._limits, verify=shared_tls_context()
-            )
-        self.busy[shard] += 1
-        try:
-            return await client.post(url, json=json, headers=headers, timeout=timeout)
-        finally:
-            self.busy[shard] -= 1
+        # Encoded as httpx encodes ``json=``: compact, UTF-8, no NaN.
+        body = json_module.dumps(
+            json, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        # As httpx applies ``timeout``: to getting a connection and to each read, not in total
+        # (the drivers bound the whole exchange themselves).
+        limits = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        with _as_httpx_errors():
+            async with self._open().post(
+                url, data=body, headers=sent, timeout=limits, allow_redirects=False
+            ) as response:
+                content = await self._read(response)
+                kept = [(k, v) for k, v in response.raw_headers if k.lower() not in _WIRE_HEADERS]
+                return httpx.Response(response.status, headers=kept, content=content)
 
-    def _pick(self) -> int:
-        """The first shard with a free connection; when every one is full, the least busy."""
-        for shard, busy in enumerate(self.busy):
-            if busy < self.size:
-                return shard
-        return min(range(len(self.busy)), key=self.busy.__getitem__)
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise httpx.DecodingError(f"response body over {self.max_response_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections,
+                limit_per_host=self.max_connections_per_host,
+                ssl=shared_tls_context(),
+            )
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=self.trust_env)
+        return self._session
 
     async def aclose(self) -> None:
-        for client in self.clients:
-            if client is not None:
-                await client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+@contextmanager
+def _as_httpx_errors() -> Iterator[None]:
+    """aiohttp's failures as the httpx exceptions the drivers handle."""
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx.ConnectTimeout(str(exc) or "connect timed out") from exc
+    except aiohttp.ServerTimeoutError as exc:
+        raise httpx.ReadTimeout(str(exc) or "read timed out") from exc
+    except (aiohttp.NonHttpUrlClientError, aiohttp.InvalidURL) as exc:
+        raise httpx.UnsupportedProtocol(f"not an http(s) URL: {exc}") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise httpx.ConnectError(str(exc)) from exc
+    except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as exc:
+        raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
+    except aiohttp.ClientError as exc:  # the connection dropped mid-exchange
+        raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
 
 
 @functools.cache
