@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -188,6 +189,10 @@ async def _work(settings: Settings, args: argparse.Namespace) -> None:
     grace = settings.worker.drain_grace
     if args.queue and args.processes == 1:
         stop_with_supervisor()
+        # Hundreds of steps in flight allocate fast: a young generation of 10,000 objects
+        # (Python's default is 700) lets most of them die before a collection looks at them.
+        # 5 % less CPU per step in bench.concurrency.
+        gc.set_threshold(10_000, 10, 10)
         if settings.metrics.worker_listen and not supervised():
             serve_metrics(settings.metrics.worker_listen)
         group = WorkerGroup(
@@ -358,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # httpx logs every request at INFO: one line per model call and webhook delivery, which
     # costs the worker CPU on every step and says nothing the execution logs do not.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # arq logs two lines per job (started, finished): hundreds a second on a busy worker, each
+    # saying less than the execution's own log rows. Its warnings and errors still show.
+    logging.getLogger("arq.worker").setLevel(logging.WARNING)
     settings = load_settings(embedded=args.command not in SERVICE_COMMANDS)
     try:
         _uvloop_install()

@@ -138,3 +138,49 @@ async def test_failures_raise_the_httpx_errors_the_drivers_handle() -> None:
             await models.post(f"{base}/v1/chat", json={}, timeout=0.2)
         hold.set()
     await models.aclose()
+
+
+def proxy_app() -> Starlette:
+    """Stands in for an HTTP proxy: answers with the host the request was meant for."""
+
+    async def relay(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {"host": request.headers["host"], "cookie": request.headers.get("cookie")}
+        )
+
+    return Starlette(routes=[Route("/v1/chat", relay, methods=["POST"])])
+
+
+async def test_proxies_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with serve_locally(proxy_app(), lifespan="off") as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        models = ModelHttpClient(10)
+        response = await models.post("http://models.invalid/v1/chat", json={})
+        assert response.json()["host"] == "models.invalid"
+        await models.aclose()
+
+        monkeypatch.setenv("NO_PROXY", "models.invalid")
+        direct = ModelHttpClient(10)
+        with pytest.raises(httpx.ConnectError):  # no proxy: the name does not resolve
+            await direct.post("http://models.invalid/v1/chat", json={})
+        await direct.aclose()
+
+
+async def test_cookies_a_provider_sets_are_not_sent_back() -> None:
+    async def sets_cookie(request: Request) -> JSONResponse:
+        response = JSONResponse({"cookie": request.headers.get("cookie")})
+        response.set_cookie("session", "execution-one")
+        return response
+
+    models = client()
+    app = Starlette(routes=[Route("/v1/chat", sets_cookie, methods=["POST"])])
+    async with serve_locally(app, lifespan="off") as base:
+        # A host name: a cookie jar would ignore cookies from a bare IP address anyway.
+        url = base.replace("127.0.0.1", "localhost") + "/v1/chat"
+        first = await models.post(url, json={})
+        second = await models.post(url, json={})
+    await models.aclose()
+    assert "session=execution-one" in first.headers["set-cookie"]
+    assert second.json()["cookie"] is None

@@ -14,6 +14,7 @@ host (0: no bound of its own), and ``max_response_bytes`` of decompressed body p
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json as json_module
 import ssl
@@ -24,6 +25,8 @@ from typing import Any, Protocol
 import aiohttp
 import certifi
 import httpx
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 # A chat completion is kilobytes; a reply this big is a broken or hostile server.
 MAX_RESPONSE_BYTES = 32 * 2**20
@@ -31,6 +34,9 @@ MAX_RESPONSE_BYTES = 32 * 2**20
 # Headers that describe the body as it came over the wire, not as the driver gets it: aiohttp
 # has already removed the chunking and the compression.
 _WIRE_HEADERS = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
+
+
+_Proxy = tuple[URL | None, aiohttp.BasicAuth | None]
 
 
 class ModelClient(Protocol):
@@ -70,6 +76,7 @@ class ModelHttpClient:
         self.max_response_bytes = max_response_bytes
         self.trust_env = trust_env
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str | None], _Proxy] = {}
 
     async def post(
         self,
@@ -88,8 +95,15 @@ class ModelHttpClient:
         # (the drivers bound the whole exchange themselves).
         limits = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
         with _as_httpx_errors():
+            proxy, proxy_auth = await self._proxy(url)
             async with self._open().post(
-                url, data=body, headers=sent, timeout=limits, allow_redirects=False
+                url,
+                data=body,
+                headers=sent,
+                timeout=limits,
+                allow_redirects=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
             ) as response:
                 content = await self._read(response)
                 kept = [(k, v) for k, v in response.raw_headers if k.lower() not in _WIRE_HEADERS]
@@ -105,6 +119,22 @@ class ModelHttpClient:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    async def _proxy(self, url: str) -> _Proxy:
+        """The environment's proxy for ``url``, looked up once per scheme and host: the lookup
+        reads the environment and ``.netrc``, which aiohttp's own ``trust_env`` would do in a
+        thread on every request."""
+        if not self.trust_env:
+            return None, None
+        target = URL(url)
+        key = (target.scheme, target.host)
+        if key not in self._proxies:
+            try:
+                found: _Proxy = await asyncio.to_thread(get_env_proxy_for_url, target)
+            except LookupError:  # none set for the scheme, or the host is in NO_PROXY
+                found = None, None
+            self._proxies[key] = found
+        return self._proxies[key]
+
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(
@@ -112,7 +142,10 @@ class ModelHttpClient:
                 limit_per_host=self.max_connections_per_host,
                 ssl=shared_tls_context(),
             )
-            self._session = aiohttp.ClientSession(connector=connector, trust_env=self.trust_env)
+            # No cookie jar: what one execution's provider sets must not reach the next call.
+            self._session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+            )
         return self._session
 
     async def aclose(self) -> None:
