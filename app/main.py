@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Never embedded servers here: ``agents dev`` resolves them before it builds the app.
         database_url, redis_url = resolved.service_urls()
-        db = create_engine(database_url, pool_size=resolved.db_pool_size)
+        db = create_engine(database_url, pool_size=resolved.db_pool_size, max_overflow=0)
         redis = await arq_pool(redis_url)
         hub = Hub(redis_url)
         await hub.start()

@@ -119,6 +119,8 @@ async def run(children: Children, workspace: Path, options: argparse.Namespace) 
     port = int(base_url.rsplit(":", 1)[1])
     api = children.processes["api"]
     await drive(port, tokens, options.warmup, options.connections, 0)
+    if options.profile:
+        children.profile("api")
     cpu_before = cpu_seconds(api.pid)
     began = time.perf_counter()
     latencies, statuses = await drive(
@@ -126,6 +128,8 @@ async def run(children: Children, workspace: Path, options: argparse.Namespace) 
     )
     wall = time.perf_counter() - began
     cpu = cpu_seconds(api.pid) - cpu_before
+    if options.profile:
+        children.stop_profile("api")
     return {
         "posts": options.posts,
         "connections": options.connections,
@@ -160,6 +164,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--users", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the API while it answers (raw stacks)"
+    )
     options = parser.parse_args()
     run_benchmark("api", lambda c, w: run(c, w, options), table)
 

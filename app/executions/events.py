@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
+from app.executions.publisher import publisher_for
 from app.executions.transitions import STATUS_EVENT_TYPES, TERMINAL, EventType, StatusChange
 
 ADMIN_CHANNEL = "admin.agents"
@@ -157,8 +158,9 @@ def from_log(execution_id: uuid.UUID, row: LogRow, completed_at: datetime | None
 
 
 async def publish(redis: Redis, execution_id: uuid.UUID, user_id: int, events: list[Event]) -> None:
-    """Send events to the execution's, the owner's and the admins' channels in one round trip:
-    one message per channel (a step's events travel together, see :func:`encode_all`).
+    """Send events to the execution's, the owner's and the admins' channels: one message per
+    channel (a step's events travel together, see :func:`encode_all`), in the round trip of
+    ``redis``'s :class:`~app.executions.publisher.Publisher` (shared with other steps).
 
     The owner's channel, which follows all of a user's executions, carries their steps and
     status changes, not their ``log`` events (tool calls, warnings).
@@ -166,11 +168,9 @@ async def publish(redis: Redis, execution_id: uuid.UUID, user_id: int, events: l
     if not events:
         return
     everything = encode_all(events)
+    messages = [(execution_channel(execution_id), everything), (ADMIN_CHANNEL, everything)]
     for_owner = [event for event in events if event.name is not EventName.LOG]
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.publish(execution_channel(execution_id), everything)
-        pipe.publish(ADMIN_CHANNEL, everything)
-        if for_owner:
-            owner = everything if len(for_owner) == len(events) else encode_all(for_owner)
-            pipe.publish(user_channel(user_id), owner)
-        await pipe.execute()
+    if for_owner:
+        owner = everything if len(for_owner) == len(events) else encode_all(for_owner)
+        messages.append((user_channel(user_id), owner))
+    await publisher_for(redis).send(redis, messages)
