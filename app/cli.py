@@ -311,6 +311,13 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _without_job_lines(record: logging.LogRecord) -> bool:
+    """arq logs two lines per job (started, finished): hundreds a second on a busy worker,
+    each saying less than the execution's own log rows. Its other lines (retries, aborts,
+    start and stop) still show."""
+    return not (isinstance(record.msg, str) and record.msg.startswith(("%6.2fs → ", "%6.2fs ← ")))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="agents", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -363,9 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # httpx logs every request at INFO: one line per model call and webhook delivery, which
     # costs the worker CPU on every step and says nothing the execution logs do not.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    # arq logs two lines per job (started, finished): hundreds a second on a busy worker, each
-    # saying less than the execution's own log rows. Its warnings and errors still show.
-    logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    logging.getLogger("arq.worker").addFilter(_without_job_lines)
     settings = load_settings(embedded=args.command not in SERVICE_COMMANDS)
     try:
         _uvloop_install()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -9,6 +10,11 @@ from sqlalchemy import text
 from app.errors import ServiceUnavailable
 
 router = APIRouter(tags=["health"])
+
+# Seconds each check may take: a pool whose connections are all busy, or a server that stopped
+# answering, makes the process unready within a probe's usual timeout instead of holding the
+# probe for the pool's 30 s wait.
+CHECK_TIMEOUT = 3.0
 
 
 class Health(BaseModel):
@@ -36,12 +42,13 @@ async def health() -> Health:
 async def readiness(request: Request) -> Readiness:
     failing = []
     try:
-        async with request.app.state.db.connect() as conn:
+        async with asyncio.timeout(CHECK_TIMEOUT), request.app.state.db.connect() as conn:
             await conn.execute(text("SELECT 1"))
     except Exception:
         failing.append("database")
     try:
-        await request.app.state.redis.ping()
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await request.app.state.redis.ping()
     except Exception:
         failing.append("redis")
     if failing:

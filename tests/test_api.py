@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import time
 import uuid
 
+import httpx
 import pytest
 
+from app import health
+from app.main import create_app
 from tests.fixtures.executions import start
 
 
@@ -141,6 +145,25 @@ async def test_logs_cursor_and_filters(client, alice, run_worker):
 async def test_health_and_readiness(client):
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     assert (await client.get("/readyz")).json() == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
+async def test_readiness_answers_in_time_when_every_database_connection_is_busy(
+    make_settings, clean_state, monkeypatch
+):
+    monkeypatch.setattr(health, "CHECK_TIMEOUT", 0.3)
+    app = create_app(make_settings(db_pool_size=1))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            async with app.state.db.connect():  # the pool's only connection, held
+                started = time.monotonic()
+                busy = await http.get("/readyz")
+                waited = time.monotonic() - started
+            again = await http.get("/readyz")
+    assert busy.status_code == 503
+    assert busy.json()["failing"] == ["database"]
+    assert waited < 2  # not the pool's 30 s
+    assert again.status_code == 200
 
 
 async def test_openapi_has_stable_operation_ids_and_problem_responses(client):

@@ -3,6 +3,7 @@ the app refuse to run without configured ones, and say why."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -68,3 +69,18 @@ async def test_the_app_refuses_to_start_without_server_urls(
             async with app.router.lifespan_context(app):
                 pass
     assert not (tmp_path / "data").exists()
+
+
+def test_arq_job_lines_are_dropped_and_its_other_lines_kept() -> None:
+    from app.cli import _without_job_lines
+
+    def record(msg: str, *args: object) -> logging.LogRecord:
+        return logging.getLogger("arq.worker").makeRecord(
+            "arq.worker", logging.INFO, __file__, 1, msg, args, None
+        )
+
+    # The formats arq uses (arq/worker.py).
+    assert not _without_job_lines(record("%6.2fs → %s(%s)%s", 0.01, "abc:1", "", ""))
+    assert not _without_job_lines(record("%6.2fs ← %s ● %s", 0.2, "abc:1", ""))
+    assert _without_job_lines(record("%6.2fs ↻ %s retrying job in %0.2fs", 0.2, "abc:1", 5))
+    assert _without_job_lines(record("Starting worker for %d functions: %s", 3, "a, b, c"))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import socket
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.executions.publisher import publisher_for
+from app.executions.publisher import Publisher, publisher_for
 
 
 class CountingRedis(Redis):
@@ -104,3 +107,52 @@ async def test_a_failed_round_trip_raises_to_its_callers_and_the_next_one_starts
 
     await publisher_for(counting).send(counting, [("ch", b"after")])  # another client: fine
     assert counting.pipelines == 1
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server that takes connections and commands and never answers: a hung Redis."""
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_a_redis_that_never_answers_fails_each_round_trip_in_time() -> None:
+    async with silent_server() as port:
+        hung = Redis(host="127.0.0.1", port=port)
+        publisher = Publisher(timeout=0.3)
+        first = asyncio.create_task(publisher.send(hung, [("ch", b"first")]))
+        await asyncio.sleep(0.05)  # on its way; the rest queue behind it
+        later = [publisher.send(hung, [("ch", str(n).encode())]) for n in range(50)]
+
+        async with asyncio.timeout(5):  # not stuck behind the first for ever
+            results = await asyncio.gather(first, *later, return_exceptions=True)
+
+        assert all(isinstance(result, TimeoutError) for result in results)
+        await hung.aclose()
+
+
+async def test_a_client_whose_round_trip_was_cancelled_is_not_kept_alive() -> None:
+    async with silent_server() as port:
+        hung = Redis(host="127.0.0.1", port=port)
+        publisher = publisher_for(hung)
+        waiting = asyncio.create_task(publisher.send(hung, [("ch", b"x")]))
+        await asyncio.sleep(0.05)
+        assert publisher._sender is not None
+        publisher._sender.cancel()  # as when the worker's loop shuts down mid round trip
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0)  # the sender's done callback
+        alive = weakref.ref(hung)
+        await hung.aclose()
+        del hung, waiting
+        gc.collect()
+        assert alive() is None

@@ -17,6 +17,9 @@ from redis.asyncio import Redis
 
 # Messages in one pipeline at most (a step sends two or three, each a few kilobytes).
 MAX_BATCH = 512
+# How long a round trip may take: a Redis that stopped answering fails the steps waiting on
+# it (their events are in agent_logs; streams replay them) instead of holding every later one.
+ROUND_TRIP_TIMEOUT = 10.0
 
 
 class Publisher:
@@ -25,8 +28,9 @@ class Publisher:
     It keeps no reference to its client between batches, so the client's entry in
     :func:`publisher_for` goes when the client does."""
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = ROUND_TRIP_TIMEOUT) -> None:
         self.loop = asyncio.get_running_loop()
+        self.timeout = timeout
         self._queued: list[tuple[str, bytes]] = []
         self._batch_sent: asyncio.Future[None] | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -43,6 +47,7 @@ class Publisher:
         sent = self._batch_sent
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_queued(redis))
+            self._sender.add_done_callback(self._sender_done)
         await asyncio.shield(sent)
 
     async def _send_queued(self, redis: Redis) -> None:
@@ -52,17 +57,34 @@ class Publisher:
             assert sent is not None
             try:
                 for start in range(0, len(batch), MAX_BATCH):
-                    async with redis.pipeline(transaction=False) as pipe:
+                    async with (
+                        asyncio.timeout(self.timeout),
+                        redis.pipeline(transaction=False) as pipe,
+                    ):
                         for channel, message in batch[start : start + MAX_BATCH]:
                             pipe.publish(channel, message)
                         await pipe.execute()
             except Exception as exc:
                 sent.set_exception(exc)
-            except BaseException:
+            except BaseException:  # cancelled (the loop is closing): nothing more goes out
                 sent.cancel()
+                self._drop_queued()
                 raise
             else:
                 sent.set_result(None)
+
+    def _sender_done(self, sender: asyncio.Task[None]) -> None:
+        # Dropping the finished task also drops its traceback, which holds the client.
+        if self._sender is sender:
+            self._sender = None
+            if self._queued:  # it was cancelled before it sent them: fail their callers
+                self._drop_queued()
+
+    def _drop_queued(self) -> None:
+        self._queued = []
+        if self._batch_sent is not None:
+            self._batch_sent.cancel()
+            self._batch_sent = None
 
 
 _publishers: weakref.WeakKeyDictionary[Redis, Publisher] = weakref.WeakKeyDictionary()

@@ -145,21 +145,30 @@ def proxy_app() -> Starlette:
 
     async def relay(request: Request) -> JSONResponse:
         return JSONResponse(
-            {"host": request.headers["host"], "cookie": request.headers.get("cookie")}
+            {
+                "host": request.headers["host"],
+                "cookie": request.headers.get("cookie"),
+                "proxy_authorization": request.headers.get("proxy-authorization"),
+            }
         )
 
     return Starlette(routes=[Route("/v1/chat", relay, methods=["POST"])])
 
 
-async def test_proxies_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
+async def test_proxies_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    for name in ("HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
     async with serve_locally(proxy_app(), lifespan="off") as proxy:
-        monkeypatch.setenv("HTTP_PROXY", proxy)
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.setenv(variable, proxy.replace("http://", "http://user:secret@"))
         models = ModelHttpClient(10)
-        response = await models.post("http://models.invalid/v1/chat", json={})
-        assert response.json()["host"] == "models.invalid"
+        reply = (await models.post("http://models.invalid/v1/chat", json={})).json()
         await models.aclose()
+        assert reply["host"] == "models.invalid"
+        assert reply["proxy_authorization"] == "Basic dXNlcjpzZWNyZXQ="  # user:secret
 
         monkeypatch.setenv("NO_PROXY", "models.invalid")
         direct = ModelHttpClient(10)
@@ -184,3 +193,41 @@ async def test_cookies_a_provider_sets_are_not_sent_back() -> None:
     await models.aclose()
     assert "session=execution-one" in first.headers["set-cookie"]
     assert second.json()["cookie"] is None
+
+
+async def test_an_undecodable_reply_is_malformed_not_retried() -> None:
+    requests = 0
+
+    async def bad_gzip(request: Request) -> Response:
+        nonlocal requests
+        requests += 1
+        body = b"\x1f\x8b\x08\x00 this is not gzip" * 10
+        return Response(body, headers={"Content-Encoding": "gzip"}, media_type="application/json")
+
+    models = client()
+    app = Starlette(routes=[Route("/v1/chat/completions", bad_gzip, methods=["POST"])])
+    async with serve_locally(app, lifespan="off") as base:
+        with pytest.raises(httpx.DecodingError, match="content-encoding"):
+            await models.post(f"{base}/v1/chat/completions", json={})
+        driver = OpenAIChatDriver(
+            models, base_url=f"{base}/v1", api_key=None, model="m", timeout=10, max_retries=3
+        )
+        with pytest.raises(ProviderError, match="malformed response: Can not decode"):
+            await driver.complete(CONVERSATION, [])
+    await models.aclose()
+    assert requests == 2  # one each: no retries
+
+
+async def test_bad_urls_and_headers_are_the_errors_httpx_would_raise() -> None:
+    models = ModelHttpClient(10)  # trust_env: the URL is parsed for the proxy lookup too
+    with pytest.raises(httpx.InvalidURL):
+        await models.post("http://[::1/v1/chat", json={})
+    driver = OpenAIChatDriver(
+        models, base_url="http://[::1/v1", api_key=None, model="m", timeout=10, max_retries=3
+    )
+    with pytest.raises(ProviderError, match="invalid base URL"):
+        await driver.complete(CONVERSATION, [])
+    async with serve_locally(echo_app(), lifespan="off") as base:
+        with pytest.raises(httpx.LocalProtocolError):
+            await models.post(f"{base}/v1/chat", json={}, headers={"X-Api-Key": "key\n"})
+    await models.aclose()

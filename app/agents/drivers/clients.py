@@ -14,10 +14,10 @@ host (0: no bound of its own), and ``max_response_bytes`` of decompressed body p
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json as json_module
 import ssl
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import aiohttp
 import certifi
 import httpx
-from aiohttp.helpers import get_env_proxy_for_url
+from aiohttp.http_exceptions import ContentEncodingError
 from yarl import URL
 
 # A chat completion is kilobytes; a reply this big is a broken or hostile server.
@@ -34,9 +34,6 @@ MAX_RESPONSE_BYTES = 32 * 2**20
 # Headers that describe the body as it came over the wire, not as the driver gets it: aiohttp
 # has already removed the chunking and the compression.
 _WIRE_HEADERS = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
-
-
-_Proxy = tuple[URL | None, aiohttp.BasicAuth | None]
 
 
 class ModelClient(Protocol):
@@ -56,11 +53,11 @@ class ModelHttpClient:
     """Model calls over one aiohttp session, answered as ``httpx.Response`` objects.
 
     The session is opened on the first call (it belongs to the running event loop). Proxies
-    come from the environment (``HTTPS_PROXY``, ``NO_PROXY``...) unless ``trust_env`` is
-    false, as they do for httpx; redirects
+    come from the environment (:func:`environment_proxy`) unless ``trust_env`` is false;
+    redirects
     are not followed. Failures raise httpx's exceptions: a timeout ``httpx.TimeoutException``, a
     refused or dropped connection ``httpx.TransportError``, a URL that is not http(s)
-    ``httpx.UnsupportedProtocol``, an oversized reply ``httpx.DecodingError``.
+    ``httpx.UnsupportedProtocol``, an oversized or undecodable reply ``httpx.DecodingError``.
     """
 
     def __init__(
@@ -76,7 +73,7 @@ class ModelHttpClient:
         self.max_response_bytes = max_response_bytes
         self.trust_env = trust_env
         self._session: aiohttp.ClientSession | None = None
-        self._proxies: dict[tuple[str, str | None], _Proxy] = {}
+        self._proxies: dict[tuple[str, str | None], URL | None] = {}
 
     async def post(
         self,
@@ -94,8 +91,8 @@ class ModelHttpClient:
         # As httpx applies ``timeout``: to getting a connection and to each read, not in total
         # (the drivers bound the whole exchange themselves).
         limits = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        proxy = self._proxy(url)
         with _as_httpx_errors():
-            proxy, proxy_auth = await self._proxy(url)
             async with self._open().post(
                 url,
                 data=body,
@@ -103,7 +100,6 @@ class ModelHttpClient:
                 timeout=limits,
                 allow_redirects=False,
                 proxy=proxy,
-                proxy_auth=proxy_auth,
             ) as response:
                 content = await self._read(response)
                 kept = [(k, v) for k, v in response.raw_headers if k.lower() not in _WIRE_HEADERS]
@@ -119,20 +115,18 @@ class ModelHttpClient:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _proxy(self, url: str) -> _Proxy:
-        """The environment's proxy for ``url``, looked up once per scheme and host: the lookup
-        reads the environment and ``.netrc``, which aiohttp's own ``trust_env`` would do in a
-        thread on every request."""
+    def _proxy(self, url: str) -> URL | None:
+        """The environment's proxy for ``url``, looked up once per scheme and host (aiohttp's
+        own ``trust_env`` looks it up, and ``.netrc``, in a thread on every request)."""
         if not self.trust_env:
-            return None, None
-        target = URL(url)
+            return None
+        try:
+            target = URL(url)
+        except ValueError as exc:
+            raise httpx.InvalidURL(f"invalid URL {url!r}: {exc}") from exc
         key = (target.scheme, target.host)
         if key not in self._proxies:
-            try:
-                found: _Proxy = await asyncio.to_thread(get_env_proxy_for_url, target)
-            except LookupError:  # none set for the scheme, or the host is in NO_PROXY
-                found = None, None
-            self._proxies[key] = found
+            self._proxies[key] = environment_proxy(target)
         return self._proxies[key]
 
     def _open(self) -> aiohttp.ClientSession:
@@ -167,10 +161,29 @@ def _as_httpx_errors() -> Iterator[None]:
         raise httpx.UnsupportedProtocol(f"not an http(s) URL: {exc}") from exc
     except aiohttp.ClientConnectorError as exc:
         raise httpx.ConnectError(str(exc)) from exc
-    except (aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as exc:
+    except aiohttp.ClientPayloadError as exc:
+        if isinstance(exc.__cause__, ContentEncodingError):  # as httpx: not worth a retry
+            raise httpx.DecodingError(str(exc.__cause__.message)) from exc
+        raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
+    except aiohttp.ClientResponseError as exc:
         raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__) from exc
     except aiohttp.ClientError as exc:  # the connection dropped mid-exchange
         raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
+    except ValueError as exc:  # a header aiohttp refuses to send (a newline in a key, say)
+        raise httpx.LocalProtocolError(str(exc)) from exc
+
+
+def environment_proxy(target: URL) -> URL | None:
+    """The proxy the environment names for ``target``, read as httpx reads it: the scheme's
+    (``HTTPS_PROXY``, ``HTTP_PROXY``), else ``ALL_PROXY``; none for a host in ``NO_PROXY``.
+    Credentials in the proxy's URL go to it as ``Proxy-Authorization`` (aiohttp does that)."""
+    if target.host is not None and urllib.request.proxy_bypass(target.host):
+        return None
+    proxies = urllib.request.getproxies()
+    named = proxies.get(target.scheme) or proxies.get("all")
+    if not named:
+        return None
+    return URL(named if "://" in named else f"http://{named}")
 
 
 @functools.cache
