@@ -34,26 +34,32 @@ async def counting(test_redis_url: str, clean_state: None) -> AsyncIterator[Coun
     await client.aclose()
 
 
-async def listen(client: Redis, channel: str, count: int) -> list[bytes]:
+async def listening(client: Redis, channel: str, count: int) -> asyncio.Task[list[bytes]]:
+    """Subscribed to ``channel`` once this returns; the task ends with ``count`` messages (or
+    what came within 10 s)."""
     pubsub: Any = client.pubsub()
     await pubsub.subscribe(channel)
-    received: list[bytes] = []
-    deadline = asyncio.get_running_loop().time() + 10
-    try:
-        while len(received) < count and asyncio.get_running_loop().time() < deadline:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-            if message is not None:
-                received.append(message["data"])
-    finally:
-        await pubsub.aclose()
-    return received
+    await pubsub.get_message(timeout=1)  # the subscription's confirmation
+
+    async def receive() -> list[bytes]:
+        received: list[bytes] = []
+        deadline = asyncio.get_running_loop().time() + 10
+        try:
+            while len(received) < count and asyncio.get_running_loop().time() < deadline:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+                if message is not None:
+                    received.append(message["data"])
+        finally:
+            await pubsub.aclose()
+        return received
+
+    return asyncio.create_task(receive())
 
 
 async def test_concurrent_steps_share_round_trips_and_every_message_arrives_in_order(
     counting: CountingRedis, redis: Any
 ) -> None:
-    listener = asyncio.create_task(listen(redis, "ch", 300))
-    await asyncio.sleep(0.1)
+    listener = await listening(redis, "ch", 300)
     publisher = publisher_for(counting)
 
     async def step(number: int) -> None:
@@ -73,8 +79,7 @@ async def test_concurrent_steps_share_round_trips_and_every_message_arrives_in_o
 async def test_a_cancelled_step_does_not_take_the_others_messages_with_it(
     counting: CountingRedis, redis: Any
 ) -> None:
-    listener = asyncio.create_task(listen(redis, "ch", 3))
-    await asyncio.sleep(0.1)
+    listener = await listening(redis, "ch", 3)
     publisher = publisher_for(counting)
     sends = [
         asyncio.create_task(publisher.send(counting, [("ch", str(n).encode())])) for n in range(3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -107,21 +107,6 @@ async def endless(request: Request) -> StreamingResponse:
     return StreamingResponse(chunks(), media_type="application/json")
 
 
-async def test_an_endless_reply_is_cut_off_at_the_size_bound() -> None:
-    models = ModelHttpClient(10, max_response_bytes=2**20, trust_env=False)
-    app = Starlette(routes=[Route("/v1/chat/completions", endless, methods=["POST"])])
-    async with serve_locally(app, lifespan="off") as base:
-        with pytest.raises(httpx.DecodingError, match="over 1048576 bytes"):
-            await models.post(f"{base}/v1/chat/completions", json={})
-        # Through a driver: a malformed response, not retried.
-        driver = OpenAIChatDriver(
-            models, base_url=f"{base}/v1", api_key=None, model="m", timeout=10, max_retries=3
-        )
-        with pytest.raises(ProviderError, match="malformed response: response body over"):
-            await driver.complete(CONVERSATION, [])
-    await models.aclose()
-
-
 async def test_failures_raise_the_httpx_errors_the_drivers_handle() -> None:
     models = ModelHttpClient(10, trust_env=False)
     with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
@@ -195,27 +180,40 @@ async def test_cookies_a_provider_sets_are_not_sent_back() -> None:
     assert second.json()["cookie"] is None
 
 
-async def test_an_undecodable_reply_is_malformed_not_retried() -> None:
-    requests = 0
+async def bad_gzip(request: Request) -> Response:
+    """A reply whose body is not what its Content-Encoding says."""
+    body = b"\x1f\x8b\x08\x00 this is not gzip" * 10
+    return Response(body, headers={"Content-Encoding": "gzip"}, media_type="application/json")
 
-    async def bad_gzip(request: Request) -> Response:
-        nonlocal requests
-        requests += 1
-        body = b"\x1f\x8b\x08\x00 this is not gzip" * 10
-        return Response(body, headers={"Content-Encoding": "gzip"}, media_type="application/json")
 
-    models = client()
-    app = Starlette(routes=[Route("/v1/chat/completions", bad_gzip, methods=["POST"])])
+@pytest.mark.parametrize(
+    ("reply", "raised", "reported"),
+    [
+        (endless, "over 1048576 bytes", "response body over 1048576 bytes"),
+        (bad_gzip, "content-encoding: gzip", "Can not decode content-encoding: gzip"),
+    ],
+)
+async def test_a_reply_that_cannot_be_read_is_malformed_and_not_retried(
+    reply: Callable[[Request], Awaitable[Response]], raised: str, reported: str
+) -> None:
+    requests: list[Request] = []
+
+    async def counted(request: Request) -> Response:
+        requests.append(request)
+        return await reply(request)
+
+    models = ModelHttpClient(10, max_response_bytes=2**20, trust_env=False)
+    app = Starlette(routes=[Route("/v1/chat/completions", counted, methods=["POST"])])
     async with serve_locally(app, lifespan="off") as base:
-        with pytest.raises(httpx.DecodingError, match="content-encoding"):
+        with pytest.raises(httpx.DecodingError, match=raised):
             await models.post(f"{base}/v1/chat/completions", json={})
         driver = OpenAIChatDriver(
             models, base_url=f"{base}/v1", api_key=None, model="m", timeout=10, max_retries=3
         )
-        with pytest.raises(ProviderError, match="malformed response: Can not decode"):
+        with pytest.raises(ProviderError, match=f"malformed response: {reported}"):
             await driver.complete(CONVERSATION, [])
     await models.aclose()
-    assert requests == 2  # one each: no retries
+    assert len(requests) == 2  # one each: the driver did not retry
 
 
 async def test_bad_urls_and_headers_are_the_errors_httpx_would_raise() -> None:
