@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
 from app.agents.spec import AgentTypeSpec
-from tests.fixtures.api import api_client, run_to_end
-from tests.fixtures.openai_server import error_body, fake_openai, fake_openai_server, tool_call
+from tests.fixtures.api import api_client, run_to_end, start_execution
+from tests.fixtures.local_server import serve_locally
+from tests.fixtures.openai_server import (
+    chat_completion,
+    error_body,
+    fake_openai,
+    fake_openai_server,
+    tool_call,
+)
+from tests.fixtures.users import make_account
 
 __all__ = ["fake_openai", "fake_openai_server"]
 
@@ -71,3 +87,36 @@ async def test_type_without_its_key_is_refused_at_start(make_settings, alice, mo
         )
     assert response.status_code == 422
     assert response.json()["missing_setting"] == "TEST_OPENAI_KEY"
+
+
+@pytest.mark.parametrize(("per_host", "most_at_once"), [(2, 2), (0, 6)])
+async def test_a_worker_holds_at_most_the_configured_connections_to_a_provider(
+    make_settings, run_worker, sessions, per_host, most_at_once
+):
+    in_flight = 0
+    peak = 0
+
+    async def slow_completion(request: Request) -> JSONResponse:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.3)
+        in_flight -= 1
+        return JSONResponse(chat_completion("done"))
+
+    app = Starlette(routes=[Route("/v1/chat/completions", slow_completion, methods=["POST"])])
+    account = await make_account(sessions, "many@example.com", tier="enterprise")
+    async with serve_locally(app, lifespan="off") as base:
+        spec = openai_type(f"{base}/v1").model_copy(update={"api_key_env": None})
+        settings = make_settings(
+            agent_types={"remote": spec}, worker={"http_max_connections_per_host": per_host}
+        )
+        async with api_client(settings) as http:
+            ids = [(await start_execution(http, account.headers, "remote"))["id"] for _ in range(6)]
+            await run_worker(settings)
+            statuses = [
+                (await http.get(f"/api/agents/{i}", headers=account.headers)).json()["status"]
+                for i in ids
+            ]
+    assert statuses == ["completed"] * 6
+    assert peak == most_at_once
