@@ -270,13 +270,13 @@ class ChunkRunner:
                 written = await worker_repository.commit_step(conn, step)
         else:
             step, children = self._step_commit(record, persisted, delivered)
-            async with self.ctx["db_slots"], self._connection() as conn:
+            async with self.ctx["db_slots"], step_connection(self.ctx) as conn:
                 written = await worker_repository.commit_step(conn, step)
         if written is None:
             raise LeaseLost
         root = self.claim.root
         if root is not None and record.tokens_used:
-            async with self._connection() as conn:
+            async with step_connection(self.ctx) as conn:
                 self.tree_tokens = await worker_repository.roll_up_tokens(
                     conn, root.id, record.tokens_used
                 )
@@ -383,9 +383,6 @@ class ChunkRunner:
             delivered=delivered or None,
         )
         return step, children
-
-    def _connection(self) -> AbstractAsyncContextManager[Any]:
-        return step_connection(self.ctx)
 
     async def _fail(self, error_type: str, message: str) -> None:
         error = {"type": error_type, "message": message}

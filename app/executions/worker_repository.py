@@ -381,7 +381,7 @@ class StepWritten:
 
 
 async def claim_execution(
-    conn: AsyncConnection, execution_id: uuid.UUID, expected_lease: int, worker_id: str
+    conn: Connection, execution_id: uuid.UUID, expected_lease: int, worker_id: str
 ) -> Claim | None:
     """Take the execution for this worker, bumping its lease; None if it is not ours to run."""
     row = await _CLAIM.fetchrow(
@@ -415,7 +415,7 @@ async def claim_execution(
     )
 
 
-async def commit_step(conn: AsyncConnection, step: StepCommit) -> StepWritten | None:
+async def commit_step(conn: Connection, step: StepCommit) -> StepWritten | None:
     """Append a step's messages and log and advance progress in one statement, fenced by the
     lease; a pending pause request parks the execution. None: the lease was lost, nothing was
     written."""
@@ -451,7 +451,7 @@ async def fail_execution(
     return None if row is None else StatusChange.from_row(row)
 
 
-async def record_heartbeats(conn: AsyncConnection, held: Mapping[uuid.UUID, int]) -> set[uuid.UUID]:
+async def record_heartbeats(conn: Connection, held: Mapping[uuid.UUID, int]) -> set[uuid.UUID]:
     """Refresh the heartbeat of every execution in ``held`` (id → lease) in one statement; the
     ids whose lease is still ours."""
     ids = list(held)
